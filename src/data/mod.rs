@@ -1,0 +1,3 @@
+//! Everything between files on disk and model inputs.
+pub mod audio;
+pub mod midi;
