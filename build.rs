@@ -1,0 +1,43 @@
+//! Link this binary against the libtorch that tch uses, so that it runs without
+//! `LD_LIBRARY_PATH` and sees CUDA when the wheel has it.
+//!
+//! torch-sys links `torch_cuda` with `-Wl,--no-as-needed`, but link arguments of a
+//! dependency do not reach a downstream binary: without repeating them here the linker
+//! drops `libtorch_cuda.so` (nothing references it by symbol) and `Cuda::is_available()`
+//! is false even on a GPU machine.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn torch_lib_dir() -> PathBuf {
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        return PathBuf::from(root).join("lib");
+    }
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .args(["-c", "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} to locate torch (run `make build`, which sets up the virtualenv): {e}"));
+    assert!(
+        output.status.success(),
+        "{python} cannot import torch (run `make build`, which sets up the virtualenv): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+fn main() {
+    for var in ["LIBTORCH", "LIBTORCH_USE_PYTORCH", "PYTHON_SYS_EXECUTABLE", "PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    let lib_dir = torch_lib_dir();
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    for lib in ["torch_cuda", "c10_cuda", "torch_cpu", "torch", "c10"] {
+        if lib_dir.join(format!("lib{lib}.so")).exists() {
+            println!("cargo:rustc-link-arg=-l{lib}");
+        }
+    }
+    println!("cargo:rustc-link-arg=-Wl,--as-needed");
+}

@@ -1,0 +1,2 @@
+//! Model definitions (one file per model, parameter names mirroring the checkpoints).
+pub mod weights;
