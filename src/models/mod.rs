@@ -1,2 +1,4 @@
 //! Model definitions (one file per model, parameter names mirroring the checkpoints).
 pub mod weights;
+pub mod lora;
+pub mod musecoco;
