@@ -1,5 +1,7 @@
 //! Everything between files on disk and model inputs.
 pub mod audio;
-pub mod midi;
+pub mod encodings;
 pub mod leadsheet;
+pub mod midi;
+pub mod render;
 pub mod segments;
