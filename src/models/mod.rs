@@ -1,4 +1,5 @@
 //! Model definitions (one file per model, parameter names mirroring the checkpoints).
 pub mod weights;
+pub mod encodec;
 pub mod lora;
 pub mod musecoco;

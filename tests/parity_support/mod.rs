@@ -1,0 +1,44 @@
+//! Shared by the parity tests: run a `python_interop/parity/` script with the project's venv
+//! python (which has `transformers`) to build a tiny HF checkpoint and its reference outputs.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+/// The venv python the Makefile exports; the parity tests cannot run without it.
+fn python() -> PathBuf {
+    match std::env::var_os("PYTHON_SYS_EXECUTABLE") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "PYTHON_SYS_EXECUTABLE is unset: run the parity tests through the Makefile \
+             (`make cargo ARGS=\"test --test parity_encodec\"`), which exports the venv python with transformers"
+        ),
+    }
+}
+
+/// Run `python_interop/parity/<script> <out_dir> <args...>`; panics with its stderr on failure.
+pub fn run_script(script: &str, out_dir: &Path, args: &[&str]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_interop/parity").join(script);
+    let output = Command::new(python())
+        .arg(&path)
+        .arg(out_dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The named tensors of `dir/reference.safetensors`.
+pub fn reference(dir: &Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect()
+}
+
+/// Largest absolute difference of two float tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
