@@ -167,6 +167,7 @@ mod tests {
         assert!(err.contains("segments.hop_bar"), "{err}");
         assert!(err.contains("did you mean `hop_bars`?"), "{err}");
 
+        let path = write(dir.path(), "name: demo\n");
         let err = format!("{:#}", load::<ExperimentConfig>(&path, &["sed=1".into()]).unwrap_err());
         assert!(err.contains("did you mean `seed`?"), "{err}");
     }

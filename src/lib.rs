@@ -7,3 +7,4 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod models;
+pub mod train;
