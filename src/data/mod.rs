@@ -5,3 +5,6 @@ pub mod leadsheet;
 pub mod midi;
 pub mod render;
 pub mod segments;
+pub mod pairing;
+pub mod shards;
+pub mod split;
