@@ -3,3 +3,4 @@ pub mod weights;
 pub mod encodec;
 pub mod lora;
 pub mod musecoco;
+pub mod qformer;

@@ -305,8 +305,8 @@ pub struct MuseCoco {
 }
 
 impl MuseCoco {
-    /// Build at `p` (the checkpoint's prefix: the store root for the HF port, `musecoco` for
-    /// BOSSA's stage-2 state). Base weights get the reference's random init, frozen; LoRA
+    /// Build at `p`: the root of its own store (then [`Self::load`] with the checkpoint's prefix),
+    /// or the matching sub-path of a store that mirrors a whole checkpoint. Base weights get the reference's random init, frozen; LoRA
     /// adapters (when `cfg.use_lora`) are the only trainable variables.
     pub fn new(p: nn::Path, cfg: &MuseCocoConfig) -> Self {
         let d = &p / "decoder";
@@ -415,14 +415,15 @@ impl MuseCoco {
         self.lm_head.forward(hidden)
     }
 
-    /// Load the weights under `prefix` ("" for the HF port's model.safetensors, "musecoco." for
-    /// BOSSA's converted stage-2 state). Adapters load when the checkpoint holds them; a base
+    /// Load into a store holding this model at its root; the checkpoint's names are `prefix` + the
+    /// variable names ("" for the HF port's model.safetensors, "musecoco." for BOSSA's converted
+    /// stage-2 state). Adapters load when the checkpoint holds them; a base
     /// checkpoint without them (the HF port before stage 2) keeps the fresh adapters, as
     /// `from_pretrained` does in BOSSA.
     pub fn load(vs: &mut nn::VarStore, ckpt: &Checkpoint, prefix: &str) -> Result<()> {
         let has_lora = ckpt.names().any(|n| n.starts_with(prefix) && n.contains(".lora_"));
         if has_lora {
-            return ckpt.load_into(vs, prefix, is_derived_buffer);
+            return ckpt.load_into(vs, prefix, skipped_on_load);
         }
         let fresh: Vec<(String, Tensor)> = vs
             .variables()
@@ -432,12 +433,12 @@ impl MuseCoco {
             .collect();
         let tensors = ckpt.names().filter_map(|n| ckpt.get(n).map(|t| (n.to_string(), t.shallow_clone())));
         let merged = Checkpoint::from_tensors(ckpt.origin(), tensors.chain(fresh));
-        merged.load_into(vs, prefix, is_derived_buffer)
+        merged.load_into(vs, prefix, skipped_on_load)
     }
 }
 
 /// Buffers the reference saves that carry no weights: fairseq's `_float_tensor` dtype marker.
-fn is_derived_buffer(name: &str) -> bool {
+pub fn skipped_on_load(name: &str) -> bool {
     name.ends_with("embed_positions._float_tensor")
 }
 
