@@ -3,6 +3,8 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod config;
+mod leadsheet;
+mod segments;
 
 #[derive(Parser)]
 #[command(name = "stylebridge", version, about = "Learn music style from audio and arrange piano in it (BOSSA on libtorch)")]
@@ -15,12 +17,18 @@ struct Cli {
 enum Command {
     /// Print an experiment's resolved configuration (YAML + `--set` overrides).
     Config(config::Args),
+    /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
+    Segments(segments::Args),
+    /// Extract a lead sheet (melody + chords as notes) from a POP909 song or a MIDI + chord file.
+    Leadsheet(leadsheet::Args),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(args) => config::run(args),
+        Command::Segments(args) => segments::run(args),
+        Command::Leadsheet(args) => leadsheet::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -28,5 +36,14 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Print a command's report to stdout; a reader that went away (`| head`) is not an error.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+        _ => Ok(()),
     }
 }

@@ -29,7 +29,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
 
 use crate::data::midi::{Instrument, Note, Score, TempoChange, TimeSignature};
 use crate::data::segments::{TempoMap, POSITIONS_PER_BEAT};

@@ -5,6 +5,7 @@ pub mod leadsheet;
 pub mod midi;
 pub mod render;
 pub mod segments;
+pub mod example_song;
 pub mod pairing;
 pub mod shards;
 pub mod split;
