@@ -65,8 +65,8 @@ def main():
             for k, v in load_file(path).items()
         }
         save_file(renamed, path, metadata={"format": "pt"})
-    # Reference in fp32 from the weights exactly as stored (rounded to `dtype`).
-    model = model.float()
+    # Reference: the saved files loaded back as fp32 (weights rounded to `dtype` as stored).
+    model = EncodecModel.from_pretrained(f"{args.out_dir}/model", dtype=torch.float32).eval()
 
     audio = 0.5 * torch.randn(1, 1, args.samples)
     with torch.no_grad():

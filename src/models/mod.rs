@@ -3,4 +3,5 @@ pub mod weights;
 pub mod encodec;
 pub mod lora;
 pub mod musecoco;
+pub mod musicgen;
 pub mod qformer;

@@ -1,5 +1,8 @@
 //! Shared by the parity tests: run a `python_interop/parity/` script with the project's venv
 //! python (which has `transformers`) to build a tiny HF checkpoint and its reference outputs.
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
