@@ -1,4 +1,7 @@
-//! Training building blocks: optimizer, learning-rate schedule, mixed precision.
+//! Training building blocks: optimizer, learning-rate schedule, mixed precision,
+//! checkpoints and metrics.
 pub mod amp;
+pub mod checkpoint;
+pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
