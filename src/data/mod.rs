@@ -9,3 +9,4 @@ pub mod example_song;
 pub mod pairing;
 pub mod shards;
 pub mod split;
+pub mod loader;
