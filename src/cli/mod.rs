@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod audio;
 mod config;
 mod leadsheet;
 mod segments;
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// EnCodec codes and MusicGen stage-1 features of an audio file (HF checkpoint folders).
+    Audio(audio::Args),
     /// Print an experiment's resolved configuration (YAML + `--set` overrides).
     Config(config::Args),
     /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
@@ -26,6 +29,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audio(args) => audio::run(args),
         Command::Config(args) => config::run(args),
         Command::Segments(args) => segments::run(args),
         Command::Leadsheet(args) => leadsheet::run(args),
