@@ -4,8 +4,14 @@ use std::process::ExitCode;
 
 mod audio;
 mod config;
+mod convert;
+mod info;
+mod inspect;
 mod leadsheet;
+mod prepare;
+mod render;
 mod segments;
+mod tokens;
 
 #[derive(Parser)]
 #[command(name = "stylebridge", version, about = "Learn music style from audio and arrange piano in it (BOSSA on libtorch)")]
@@ -20,10 +26,22 @@ enum Command {
     Audio(audio::Args),
     /// Print an experiment's resolved configuration (YAML + `--set` overrides).
     Config(config::Args),
+    /// Convert a pickled checkpoint (MusicBERT, BOSSA stage 1/2, HF .bin) to safetensors + config.json.
+    Convert(convert::Args),
+    /// Show the libtorch in use, whether CUDA is linked and visible, and the thread count.
+    Info(info::Args),
+    /// Render a MIDI file to audio (WAV) with a General MIDI SoundFont.
+    Render(render::Args),
     /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
     Segments(segments::Args),
     /// Extract a lead sheet (melody + chords as notes) from a POP909 song or a MIDI + chord file.
     Leadsheet(leadsheet::Args),
+    /// Turn a corpus (POP909, or audio + MIDI + chord files) into Parquet shards of training pairs.
+    Prepare(prepare::Args),
+    /// Show what is inside prepared data (`inspect shards DIR`).
+    Inspect(inspect::Args),
+    /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
+    Tokens(tokens::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -31,8 +49,14 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Audio(args) => audio::run(args),
         Command::Config(args) => config::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Render(args) => render::run(args),
         Command::Segments(args) => segments::run(args),
         Command::Leadsheet(args) => leadsheet::run(args),
+        Command::Tokens(args) => tokens::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,8 +132,9 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Score, MidiError> {
 pub fn parse_with(bytes: &[u8], name: &str, order: TempoOrder) -> Result<Score, MidiError> {
     let file = || name.to_string();
     check_chunks(bytes, name)?;
-    let smf = Smf::parse(bytes).map_err(|e| MidiError::Malformed { file: file(), detail: e.to_string() })?;
-    let ticks_per_beat = match smf.header.timing {
+    let (header, track_iter) =
+        midly::parse(bytes).map_err(|e| MidiError::Malformed { file: file(), detail: e.to_string() })?;
+    let ticks_per_beat = match header.timing {
         Timing::Metrical(t) => u32::from(t.as_int()),
         Timing::Timecode(fps, subframes) => {
             return Err(MidiError::Smpte { file: file(), fps: fps.as_int(), subframes })
@@ -142,10 +143,14 @@ pub fn parse_with(bytes: &[u8], name: &str, order: TempoOrder) -> Result<Score, 
     if ticks_per_beat == 0 {
         return Err(MidiError::ZeroTicksPerBeat { file: file() });
     }
-    if smf.tracks.is_empty() {
+    let tracks = track_iter
+        .enumerate()
+        .map(|(idx, track)| read_track(track, idx, name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tracks.is_empty() {
         return Err(MidiError::NoTracks { file: file() });
     }
-    let tracks = absolute_ticks(&smf.tracks, name)?;
+    let tracks = absolute_ticks(&tracks, name)?;
 
     let mut tempo_changes = vec![TempoChange { tick: 0, bpm: DEFAULT_BPM }];
     let mut time_signatures = Vec::new();
@@ -189,6 +194,30 @@ pub fn parse_with(bytes: &[u8], name: &str, order: TempoOrder) -> Result<Score, 
     time_signatures.sort_by_key(|t| t.tick);
 
     Ok(Score { ticks_per_beat, instruments: collect_instruments(&tracks), tempo_changes, time_signatures })
+}
+
+/// All events of one track. midly's lenient mode ends a track silently at a malformed
+/// event; an iterator that stops while bytes remain tells us, and we refuse the file as
+/// mido (which miditoolkit uses) does.
+fn read_track<'a>(
+    track: midly::Result<midly::EventIter<'a>>,
+    idx: usize,
+    name: &str,
+) -> Result<Vec<TrackEvent<'a>>, MidiError> {
+    let malformed = |detail: String| MidiError::Malformed { file: name.to_string(), detail };
+    let mut events = track.map_err(|e| malformed(format!("track {}: {e}", idx + 1)))?;
+    let mut out = Vec::new();
+    loop {
+        let had_bytes = !events.unread().is_empty();
+        match events.next() {
+            Some(Ok(event)) => out.push(event),
+            Some(Err(e)) => return Err(malformed(format!("track {}: {e}", idx + 1))),
+            None if had_bytes => {
+                return Err(malformed(format!("track {}: unreadable event after {} events", idx + 1, out.len())))
+            }
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Events of every track with absolute ticks.
