@@ -2,6 +2,7 @@
 //! checkpoints and metrics.
 pub mod amp;
 pub mod checkpoint;
+pub mod losses;
 pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
