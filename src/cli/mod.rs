@@ -8,7 +8,6 @@ mod convert;
 mod info;
 mod inspect;
 mod leadsheet;
-mod render;
 mod prepare;
 mod render;
 mod segments;
@@ -33,8 +32,6 @@ enum Command {
     Info(info::Args),
     /// Render a MIDI file to audio (WAV) with a General MIDI SoundFont.
     Render(render::Args),
-    /// Render a MIDI file to audio (WAV) with a General MIDI SoundFont.
-    Render(render::Args),
     /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
     Segments(segments::Args),
     /// Extract a lead sheet (melody + chords as notes) from a POP909 song or a MIDI + chord file.
@@ -54,7 +51,6 @@ pub fn main() -> ExitCode {
         Command::Config(args) => config::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Info(args) => info::run(args),
-        Command::Render(args) => render::run(args),
         Command::Render(args) => render::run(args),
         Command::Segments(args) => segments::run(args),
         Command::Leadsheet(args) => leadsheet::run(args),
