@@ -1,0 +1,90 @@
+//! Parity with BOSSA's POP909 lead sheets (`data_processing/arrange_pop909.py`): the golden files
+//! in tests/data/bossa_leadsheet/ hold the reference's lead-sheet events for three songs (triple
+//! meter; 7 tempo changes; irregular beats). Skips when ../shared/data/pop909 is absent.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use stylebridge::data::leadsheet::{BeatAnnotation, Pop909Song, CHORD_PROGRAM};
+use stylebridge::data::segments::{tick_to_pos, BarGrid, TempoMap};
+
+/// (bar, position in bar, program, pitch, duration in positions, velocity, beats per bar)
+type Event = (i64, u32, u8, u8, u32, u8, u32);
+
+fn golden(song: &str) -> Vec<(Event, u32)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/bossa_leadsheet/{song}.tsv"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let v: Vec<i64> = line.split('\t').map(|f| f.parse().unwrap()).collect();
+            ((v[0], v[1] as u32, v[2] as u8, v[3] as u8, v[4] as u32, v[5] as u8, v[6] as u32), v[7] as u32)
+        })
+        .collect()
+}
+
+/// Ours, numbered like BOSSA: bar 0 at the first annotated downbeat, the pickup left out, and
+/// without the song's last chord (BOSSA reads chords as markers and drops the last one).
+fn ours(dir: &Path) -> Vec<(Event, u32)> {
+    let song = Pop909Song::load(dir).unwrap();
+    let beats = BeatAnnotation::read_pop909(&dir.join("beat_midi.txt")).unwrap();
+    let pickup_beats = usize::from(beats.times[0] > 1e-3) + beats.downbeat.iter().position(|&d| d).unwrap();
+    let mut sheet = song.lead_sheet.clone();
+    let last_chord = sheet.chords.iter().map(|c| c.start).max().unwrap();
+    sheet.chords.retain(|c| c.start != last_chord);
+    let score = sheet.to_score();
+    let grid = BarGrid::from_score(&score).unwrap();
+    let first_bar = grid.bar_of_tick((pickup_beats * 480) as u32).unwrap() as i64;
+    let tempo = TempoMap::new(&score);
+    let mut events = Vec::new();
+    for inst in &score.instruments {
+        for n in &inst.notes {
+            let pos = tick_to_pos(n.start, 480);
+            let bar_index = grid.bar_of_pos(pos).unwrap();
+            let bar = grid.bars[bar_index];
+            if (bar_index as i64) < first_bar {
+                continue;
+            }
+            let bpm = tempo.bpm_at(f64::from(n.start), 480).clamp(16.0, 256.0);
+            let tempo_bin = (12.0 * (bpm / 16.0).log2()).round_ties_even() as u32;
+            let event = (
+                bar_index as i64 - first_bar,
+                pos - bar.start_pos,
+                inst.program,
+                n.pitch,
+                tick_to_pos(n.end, 480) - pos,
+                n.velocity,
+                bar.numerator,
+            );
+            assert!(inst.program == 0 || inst.program == CHORD_PROGRAM);
+            events.push((event, tempo_bin));
+        }
+    }
+    events.sort();
+    events
+}
+
+#[test]
+fn pop909_lead_sheets_match_bossa() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pop909/POP909");
+    if !root.is_dir() {
+        eprintln!("skipping: {} is absent", root.display());
+        return;
+    }
+    for song in ["034", "092", "152"] {
+        let mut want = golden(song);
+        want.sort();
+        let got = ours(&root.join(song));
+        let events = |v: &[(Event, u32)]| v.iter().map(|(e, _)| *e).collect::<Vec<_>>();
+        let (want_events, got_events) = (events(&want), events(&got));
+        // Bar, position, program, pitch, duration, velocity and meter: identical, note for note.
+        assert_eq!(want_events.len(), got_events.len(), "{song}: number of lead-sheet notes");
+        if let Some(i) = (0..want.len()).find(|&i| want_events[i] != got_events[i]) {
+            panic!("{song}: first difference at sorted note {i}: reference {:?}, ours {:?}", want_events[i], got_events[i]);
+        }
+        // Tempo: ours follows the annotated beats (exact seconds), BOSSA reads the MIDI's tempo at
+        // the unquantised onset; they differ by one bin only next to a tempo change.
+        let off: Vec<(u32, u32)> = want.iter().zip(&got).filter(|(a, b)| a.1 != b.1).map(|(a, b)| (a.1, b.1)).collect();
+        assert!(off.iter().all(|(a, b)| a.abs_diff(*b) == 1), "{song}: tempo bins {off:?}");
+        assert!(off.len() * 40 <= want.len(), "{song}: {} of {} tempo bins differ", off.len(), want.len());
+    }
+}
