@@ -39,5 +39,8 @@ fn main() {
             println!("cargo:rustc-link-arg=-l{lib}");
         }
     }
+    // The torch libraries need the C++ runtime; targets that do not link tch itself (an
+    // integration test using only the binary) would otherwise miss it.
+    println!("cargo:rustc-link-arg=-lstdc++");
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
 }
