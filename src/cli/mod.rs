@@ -6,7 +6,6 @@ mod audio;
 mod config;
 mod convert;
 mod info;
-mod info;
 mod inspect;
 mod leadsheet;
 mod prepare;
@@ -33,8 +32,6 @@ enum Command {
     Info(info::Args),
     /// Render a MIDI file to audio (WAV) with a General MIDI SoundFont.
     Render(render::Args),
-    /// Show the libtorch in use, whether CUDA is linked and visible, and the thread count.
-    Info(info::Args),
     /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
     Segments(segments::Args),
     /// Extract a lead sheet (melody + chords as notes) from a POP909 song or a MIDI + chord file.
@@ -55,7 +52,6 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Info(args) => info::run(args),
         Command::Render(args) => render::run(args),
-        Command::Info(args) => info::run(args),
         Command::Segments(args) => segments::run(args),
         Command::Leadsheet(args) => leadsheet::run(args),
         Command::Tokens(args) => tokens::run(args),
