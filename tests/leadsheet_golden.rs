@@ -1,10 +1,11 @@
 //! Parity with BOSSA's POP909 lead sheets (`data_processing/arrange_pop909.py`): the golden files
 //! in tests/data/bossa_leadsheet/ hold the reference's lead-sheet events for three songs (triple
-//! meter; 7 tempo changes; irregular beats). Skips when ../shared/data/pop909 is absent.
+//! meter; 7 tempo changes; irregular beats; skipped when ../shared/data/pop909 is absent), and
+//! `read_chord`'s voicing of every chord label POP909 uses.
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use stylebridge::data::leadsheet::{BeatAnnotation, Pop909Song, CHORD_PROGRAM};
+use stylebridge::data::leadsheet::{parse_chord, BeatAnnotation, Pop909Song, CHORD_PROGRAM};
 use stylebridge::data::segments::{tick_to_pos, BarGrid, TempoMap};
 
 /// (bar, position in bar, program, pitch, duration in positions, velocity, beats per bar)
@@ -87,4 +88,19 @@ fn pop909_lead_sheets_match_bossa() {
         assert!(off.iter().all(|(a, b)| a.abs_diff(*b) == 1), "{song}: tempo bins {off:?}");
         assert!(off.len() * 40 <= want.len(), "{song}: {} of {} tempo bins differ", off.len(), want.len());
     }
+}
+
+#[test]
+fn chord_voicings_match_bossa_read_chord() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bossa_leadsheet/chord_voicings.tsv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut checked = 0;
+    for line in text.lines().skip(1) {
+        let (label, pitches) = line.split_once('\t').unwrap();
+        let want: Vec<u8> = pitches.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect();
+        let got = parse_chord(label).unwrap().map(|c| c.pitches()).unwrap_or_default();
+        assert_eq!(got, want, "chord {label}");
+        checked += 1;
+    }
+    assert_eq!(checked, 320);
 }
