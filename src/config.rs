@@ -22,6 +22,10 @@ pub struct ExperimentConfig {
     pub output_dir: PathBuf,
     #[serde(default)]
     pub segments: SegmentConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub prepare: PrepareConfig,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -42,9 +46,113 @@ impl Default for SegmentConfig {
     }
 }
 
+/// Prepared pairs and how the loader draws batches from them (SPEC 2, BOSSA `dataset.py`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder of Parquet shards + manifest.json; default `<output_dir>/<name>/shards`.
+    pub shards: Option<PathBuf>,
+    /// Largest random shift of the audio window against its segment (at most `prepare.margin_seconds`).
+    pub shift_seconds: f64,
+    /// Random transposition range in semitones, both ends included (BOSSA randint(-6, 6)).
+    pub transpose: [i32; 2],
+    /// BOSSA `deperf`: lead-sheet velocity and tempo tokens become `<unk>`.
+    pub redact_lead_performance: bool,
+    /// Stage-1 notes per sequence (BOSSA 224 + the `<s>`/`</s>` notes).
+    pub max_notes: usize,
+    /// Stage-2 tokens per sequence.
+    pub max_tokens: usize,
+    /// Batch-building threads and batches each may prepare ahead.
+    pub workers: usize,
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            shift_seconds: 1.0,
+            transpose: [-6, 5],
+            redact_lead_performance: true,
+            max_notes: 226,
+            max_tokens: 1000,
+            workers: 2,
+            prefetch: 4,
+        }
+    }
+}
+
+/// Where `stylebridge prepare` reads songs from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// POP909 song folders `NNN/NNN.mid` + `beat_midi.txt` + `chord_midi.txt` (audio beside or rendered).
+    Pop909,
+    /// A folder of `NAME.mid` + `NAME.{wav,flac,mp3,ogg}` + `NAME.chords.txt` (`start end label`, seconds).
+    Pairs,
+}
+
+/// `stylebridge prepare`: songs -> Parquet shards of (codes window, segment tokens) pairs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrepareConfig {
+    pub source: SourceKind,
+    /// The corpus folder (POP909: the folder holding `001/`, `002/`, ... or its parent).
+    pub input: Option<PathBuf>,
+    /// Audio files `NAME.{wav,flac,mp3,ogg}` kept apart from the MIDI folders.
+    pub audio_dir: Option<PathBuf>,
+    /// Render songs without audio from their MIDI with a GM SoundFont instead of skipping them.
+    pub render_missing_audio: bool,
+    pub soundfont: Option<PathBuf>,
+    /// HF EnCodec checkpoint folder (config.json + safetensors); its sampling rate is used.
+    pub encodec: Option<PathBuf>,
+    /// `cpu` or `cuda[:N]` for EnCodec.
+    pub device: String,
+    /// Songs processed in parallel; 0 = one per core.
+    pub jobs: usize,
+    /// Audio window the model sees, and the margin stored on each side for the shift.
+    pub window_seconds: f64,
+    pub margin_seconds: f64,
+    /// Shards are cut at about this many MiB (before compression).
+    pub max_shard_mib: f64,
+    /// Only the first N songs (sorted by id); for quick runs.
+    pub max_songs: Option<usize>,
+    pub piano_track: String,
+    pub melody_track: String,
+    /// Song-level split (hash of seed and song id): fractions for valid and test.
+    pub split: crate::data::split::SplitRatios,
+}
+
+impl Default for PrepareConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Pop909,
+            input: None,
+            audio_dir: None,
+            render_missing_audio: false,
+            soundfont: None,
+            encodec: None,
+            device: "cpu".into(),
+            jobs: 0,
+            window_seconds: 10.16,
+            margin_seconds: 1.0,
+            max_shard_mib: 256.0,
+            max_songs: None,
+            piano_track: "PIANO".into(),
+            melody_track: "MELODY".into(),
+            split: Default::default(),
+        }
+    }
+}
+
 impl ExperimentConfig {
     pub fn run_dir(&self) -> PathBuf {
         self.output_dir.join(&self.name)
+    }
+
+    /// The prepared shard folder (`data.shards`, else `<run dir>/shards`).
+    pub fn shards_dir(&self) -> PathBuf {
+        self.data.shards.clone().unwrap_or_else(|| self.run_dir().join("shards"))
     }
 }
 
@@ -197,6 +305,8 @@ mod tests {
             seed: 3,
             output_dir: dir.path().to_path_buf(),
             segments: SegmentConfig::default(),
+            data: DataConfig::default(),
+            prepare: PrepareConfig::default(),
         };
         let path = write_resolved(&cfg, &cfg.run_dir()).unwrap();
         let back: ExperimentConfig = load(&path, &[]).unwrap();

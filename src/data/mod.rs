@@ -10,3 +10,4 @@ pub mod pairing;
 pub mod shards;
 pub mod split;
 pub mod loader;
+pub mod prepare;

@@ -1,0 +1,422 @@
+//! `stylebridge prepare`: a corpus of songs -> Parquet shards of training pairs + a manifest.
+//!
+//! Two phases, so a killed run resumes and a rerun gives the same bytes:
+//! 1. per song, in parallel: lead sheet + piano part -> segments -> tokens; audio (decoded, or
+//!    rendered from the MIDI) -> EnCodec codes of the whole track, once (SPEC 2: codes of a cut
+//!    window differ at its edges) -> one code window per segment. The song's rows go to
+//!    `OUT/.work/songs/<id>.parquet`, atomically; a rerun skips songs whose file exists. A song
+//!    that fails is skipped and reported with its reason, never silently dropped.
+//! 2. all song files, in song-id order, are split by song (hash of seed and id), written as
+//!    bounded shards per split (atomically), then the manifest, then stale shards are removed.
+//!
+//! `.work/fingerprint.json` records the settings the song files depend on; a rerun with other
+//! settings is refused instead of mixing rows of two configurations.
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tch::{Device, Tensor};
+
+use crate::config::{PrepareConfig, SegmentConfig, SourceKind};
+use crate::data::leadsheet::{read_chord_file, LeadSheet, Pop909Song};
+use crate::data::midi::{self, Score};
+use crate::data::pairing::{octuple_ids, remi_ids, segment_pairs, WindowSpec};
+use crate::data::render::{band_programs, resolve_soundfont, SoundFontSynth};
+use crate::data::segments::SegmentSpec;
+use crate::data::shards::{self, AudioLayout, Manifest, PairRow, SkippedSong, SplitCount};
+use crate::data::split::{self, Split};
+use crate::models::encodec::Encodec;
+use crate::progress::Progress;
+
+const AUDIO_EXTENSIONS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
+const WORK_DIR: &str = ".work";
+const FINGERPRINT: &str = "fingerprint.json";
+pub const REPORT_NAME: &str = "report.txt";
+const MIN_RENDER_RATE: u32 = 16_000;
+
+/// One song to prepare.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SongSource {
+    pub id: String,
+    pub midi: PathBuf,
+    /// None: render from the MIDI (when allowed).
+    pub audio: Option<PathBuf>,
+    /// POP909: the song folder; pairs: the chord file.
+    pub lead_sheet: PathBuf,
+}
+
+/// Everything `prepare` needs besides the song list.
+pub struct Settings {
+    pub config: PrepareConfig,
+    pub segments: SegmentConfig,
+    pub seed: u64,
+}
+
+fn find_audio(dirs: &[&Path], stem: &str) -> Option<PathBuf> {
+    dirs.iter().flat_map(|d| AUDIO_EXTENSIONS.iter().map(move |ext| d.join(format!("{stem}.{ext}")))).find(|p| p.is_file())
+}
+
+/// The songs of the corpus, sorted by id (then cut to `max_songs`).
+pub fn discover(config: &PrepareConfig) -> Result<Vec<SongSource>> {
+    let input = config.input.as_deref().context("no input corpus: set prepare.input or pass --input DIR")?;
+    ensure!(input.is_dir(), "input {} is not a folder", input.display());
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        Ok(entries)
+    };
+    let mut songs = Vec::new();
+    match config.source {
+        SourceKind::Pop909 => {
+            // Accept the dataset root (holding POP909/) as well as the POP909 folder itself.
+            let root = if input.join("POP909").is_dir() { input.join("POP909") } else { input.to_path_buf() };
+            for dir in list(&root)?.into_iter().filter(|d| d.is_dir()) {
+                let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+                let midi = dir.join(format!("{name}.mid"));
+                if !midi.is_file() {
+                    continue;
+                }
+                let mut audio_dirs: Vec<&Path> = config.audio_dir.iter().map(|p| p.as_path()).collect();
+                audio_dirs.push(&dir);
+                let audio = find_audio(&audio_dirs, &name);
+                songs.push(SongSource { id: format!("pop909-{name}"), midi, audio, lead_sheet: dir.clone() });
+            }
+            ensure!(!songs.is_empty(), "{} holds no POP909 song folders (NNN/NNN.mid)", root.display());
+        }
+        SourceKind::Pairs => {
+            for midi in list(input)?.into_iter().filter(|p| p.extension().is_some_and(|e| e == "mid" || e == "midi")) {
+                let Some(stem) = midi.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
+                let mut audio_dirs: Vec<&Path> = config.audio_dir.iter().map(|p| p.as_path()).collect();
+                audio_dirs.push(input);
+                let audio = find_audio(&audio_dirs, &stem);
+                let lead_sheet = input.join(format!("{stem}.chords.txt"));
+                songs.push(SongSource { id: stem, midi, audio, lead_sheet });
+            }
+            ensure!(!songs.is_empty(), "{} holds no MIDI files (NAME.mid + NAME.wav + NAME.chords.txt)", input.display());
+        }
+    }
+    songs.sort();
+    if let Some(n) = config.max_songs {
+        songs.truncate(n);
+    }
+    Ok(songs)
+}
+
+/// The tracks named `name` (exact, else case-insensitive) with the score's maps.
+fn part(score: &Score, name: &str, file: &Path) -> Result<Score> {
+    let mut instruments: Vec<_> = score.instruments.iter().filter(|i| i.name == name).cloned().collect();
+    if instruments.is_empty() {
+        instruments = score.instruments.iter().filter(|i| i.name.trim().eq_ignore_ascii_case(name)).cloned().collect();
+    }
+    if instruments.is_empty() {
+        let names: Vec<&str> = score.instruments.iter().map(|i| i.name.as_str()).collect();
+        bail!("{} has no track named '{name}' (tracks: {names:?}); set prepare.piano_track", file.display());
+    }
+    Ok(Score { instruments, ..score.clone() })
+}
+
+/// EnCodec models shared by the worker threads: one per thread that needs one (tch tensors
+/// cannot be shared between threads), loaded on first use.
+pub struct EncoderPool {
+    dir: PathBuf,
+    device: Device,
+    idle: Mutex<Vec<Encodec>>,
+    pub layout: AudioLayout,
+}
+
+impl EncoderPool {
+    pub fn new(dir: &Path, device: Device, window: (f64, f64)) -> Result<Self> {
+        let first = Encodec::load(dir, device).with_context(|| format!("cannot load the EnCodec checkpoint {}", dir.display()))?;
+        let config = first.config();
+        let frame_rate = config.sampling_rate as f64 / config.hop_length() as f64;
+        let spec = WindowSpec::from_seconds(frame_rate, window.0, window.1)?;
+        let pad_code = u16::try_from(config.codebook_size).context("codebooks larger than 65535 entries are not supported")?;
+        let layout = AudioLayout {
+            sample_rate: config.sampling_rate,
+            frame_rate,
+            n_q: config.num_quantizers_used() as usize,
+            pad_code,
+            window_frames: spec.window_frames,
+            margin_frames: spec.margin_frames,
+            encodec: dir.display().to_string(),
+        };
+        Ok(Self { dir: dir.to_path_buf(), device, idle: Mutex::new(vec![first]), layout })
+    }
+
+    /// Codes `[n_q, frames]` (row-major) of mono audio at the model's rate.
+    pub fn encode(&self, samples: &[f32]) -> Result<Vec<u16>> {
+        ensure!(!samples.is_empty(), "the audio is empty");
+        let model = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let model = match model {
+            Some(m) => m,
+            None => Encodec::load(&self.dir, self.device)?,
+        };
+        let codes = model.encode(&Tensor::from_slice(samples).view([1, 1, -1]));
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(model);
+        }
+        let codes = Vec::<i64>::try_from(codes?.to_device(Device::Cpu).reshape([-1]))?;
+        Ok(codes.into_iter().map(|c| c as u16).collect())
+    }
+}
+
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(Device::Cuda(n)),
+            None => bail!("unknown device '{other}' (expected cpu, cuda or cuda:N)"),
+        },
+    }
+}
+
+/// Lead sheet and piano part of a song, on one timeline, plus the score to render.
+pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<(Score, Score, Score)> {
+    match config.source {
+        SourceKind::Pop909 => {
+            let loaded = Pop909Song::load(&song.lead_sheet)?;
+            let piano = part(&loaded.score, &config.piano_track, &song.midi)?;
+            Ok((loaded.lead_sheet.to_score(), piano, loaded.score))
+        }
+        SourceKind::Pairs => {
+            let score = midi::read(&song.midi)?;
+            ensure!(song.lead_sheet.is_file(), "no chord file {} beside {}", song.lead_sheet.display(), song.midi.display());
+            let chords = read_chord_file(&song.lead_sheet)?;
+            let lead = LeadSheet::from_score(&score, &config.melody_track, &chords).with_context(|| format!("in {}", song.midi.display()))?;
+            let piano = part(&score, &config.piano_track, &song.midi)?;
+            Ok((lead.to_score(), piano, score))
+        }
+    }
+}
+
+/// The song's mono audio at `sample_rate`: its file, or a rendering of `score`.
+pub fn audio(song: &SongSource, score: &Score, sample_rate: u32, synth: Option<&SoundFontSynth>) -> Result<Vec<f32>> {
+    match (&song.audio, synth) {
+        (Some(path), _) => crate::data::audio::load_mono(path, sample_rate),
+        (None, Some(synth)) => {
+            // The synthesiser runs at 16 kHz or more; tiny test codecs may want less.
+            let rate = sample_rate.max(MIN_RENDER_RATE);
+            let rendered = synth.render(&band_programs(score), rate)?;
+            if rate == sample_rate {
+                Ok(rendered)
+            } else {
+                crate::data::audio::resample(&rendered, rate, sample_rate)
+            }
+        }
+        (None, None) => bail!(
+            "no audio file for {} (looked for {}.{{{}}}); set prepare.render_missing_audio to render it",
+            song.midi.display(),
+            song.midi.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            AUDIO_EXTENSIONS.join(",")
+        ),
+    }
+}
+
+/// All rows of one song (split left as train; phase 2 assigns it).
+pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, synth: Option<&SoundFontSynth>) -> Result<Vec<PairRow>> {
+    let config = &settings.config;
+    let (lead, piano, full) = symbolic(song, config)?;
+    let spec = SegmentSpec { bars: settings.segments.bars as usize, hop: settings.segments.hop_bars as usize };
+    let pairs = segment_pairs(&piano, &lead, spec)?;
+    ensure!(!pairs.is_empty(), "no {}-bar segment has both lead-sheet and piano notes", spec.bars);
+    let samples = audio(song, &full, encoder.layout.sample_rate, synth)?;
+    let codes = encoder.encode(&samples)?;
+    let layout = &encoder.layout;
+    let frames = codes.len() / layout.n_q;
+    let window = WindowSpec { window_frames: layout.window_frames, margin_frames: layout.margin_frames };
+    let rows: Vec<PairRow> = pairs
+        .iter()
+        // BOSSA stops where a segment ends past the audio (MIDI longer than the recording).
+        .take_while(|p| (p.segment.end_seconds * layout.frame_rate) as usize <= frames)
+        .map(|p| {
+            let start = window.window_start(p.segment.start_seconds, p.segment.end_seconds, layout.frame_rate);
+            let (codes_start_frame, window_codes) = window.cut(&codes, layout.n_q, start, layout.pad_code);
+            PairRow {
+                song_id: song.id.clone(),
+                split: Split::Train,
+                segment_index: p.segment.index as u32,
+                first_bar: p.segment.first_bar as u32,
+                end_bar: p.segment.end_bar as u32,
+                start_seconds: p.segment.start_seconds,
+                end_seconds: p.segment.end_seconds,
+                meter_numerator: p.meter.0,
+                meter_denominator: p.meter.1,
+                tempo_bpm: p.tempo_bpm,
+                codes_start_frame,
+                codes: window_codes,
+                lead_octuple: octuple_ids(&p.lead),
+                piano_octuple: octuple_ids(&p.piano),
+                lead_remi: remi_ids(&p.lead),
+                piano_remi: remi_ids(&p.piano),
+                audio_path: song.audio.as_ref().map_or_else(|| "(rendered from the MIDI)".into(), |p| p.display().to_string()),
+                midi_path: song.midi.display().to_string(),
+                lead_sheet_path: song.lead_sheet.display().to_string(),
+            }
+        })
+        .collect();
+    ensure!(
+        !rows.is_empty(),
+        "the audio ({:.1} s) ends before the first segment does ({:.1} s)",
+        frames as f64 / layout.frame_rate,
+        pairs[0].segment.end_seconds
+    );
+    Ok(rows)
+}
+
+/// What the per-song files depend on.
+#[derive(Serialize)]
+struct Fingerprint<'a> {
+    schema_version: u32,
+    source: SourceKind,
+    segments: &'a SegmentConfig,
+    layout: &'a AudioLayout,
+    render_missing_audio: bool,
+    soundfont: Option<String>,
+    piano_track: &'a str,
+    melody_track: &'a str,
+}
+
+fn song_file(work: &Path, id: &str) -> PathBuf {
+    let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    work.join("songs").join(format!("{safe}.parquet"))
+}
+
+/// Remove temporary files a killed run left behind (never visible as shards: hidden names).
+fn remove_temporaries(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Summary {
+    pub manifest: Manifest,
+    /// Songs processed in this run (the rest were already done).
+    pub processed: usize,
+    pub reused: usize,
+}
+
+/// Prepare `songs` into `out`. `progress` counts songs.
+pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Progress) -> Result<Summary> {
+    let config = &settings.config;
+    config.split.validate()?;
+    ensure!(settings.segments.bars >= 1 && settings.segments.hop_bars >= 1, "segments need at least 1 bar and a 1-bar hop");
+    ensure!(config.max_shard_mib > 0.0, "prepare.max_shard_mib must be positive");
+    let encodec = config.encodec.as_deref().context(
+        "no EnCodec checkpoint: set prepare.encodec (an HF EnCodec folder: config.json + safetensors) or pass --encodec DIR",
+    )?;
+    let encoder = EncoderPool::new(encodec, parse_device(&config.device)?, (config.window_seconds, config.margin_seconds))?;
+    let synth = if config.render_missing_audio && songs.iter().any(|s| s.audio.is_none()) {
+        Some(SoundFontSynth::load(&resolve_soundfont(config.soundfont.as_deref())?)?)
+    } else {
+        None
+    };
+
+    let work = out.join(WORK_DIR);
+    std::fs::create_dir_all(work.join("songs")).with_context(|| format!("cannot create {}", work.display()))?;
+    remove_temporaries(out);
+    remove_temporaries(&work.join("songs"));
+    let fingerprint = serde_json::to_string_pretty(&Fingerprint {
+        schema_version: shards::SCHEMA_VERSION,
+        source: config.source,
+        segments: &settings.segments,
+        layout: &encoder.layout,
+        render_missing_audio: config.render_missing_audio,
+        soundfont: synth.as_ref().and(config.soundfont.as_ref()).map(|p| p.display().to_string()),
+        piano_track: &config.piano_track,
+        melody_track: &config.melody_track,
+    })?;
+    let fingerprint_path = work.join(FINGERPRINT);
+    match std::fs::read_to_string(&fingerprint_path) {
+        Ok(old) if old != fingerprint => bail!(
+            "{} was prepared with other settings ({}); delete {} to start over, or choose another output folder",
+            out.display(),
+            fingerprint_path.display(),
+            work.display()
+        ),
+        Ok(_) => {}
+        Err(_) => crate::atomic::write(&fingerprint_path, fingerprint.as_bytes())?,
+    }
+
+    // Phase 1: one file per song.
+    let todo: Vec<&SongSource> = songs.iter().filter(|s| !song_file(&work, &s.id).is_file()).collect();
+    progress.inc((songs.len() - todo.len()) as u64);
+    let jobs = if config.jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.jobs };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
+    if jobs > 1 {
+        // Parallelism comes from songs; keep libtorch from oversubscribing the cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / jobs).max(1) as i32);
+    }
+    let failures: Vec<SkippedSong> = pool.install(|| {
+        todo.par_iter()
+            .filter_map(|song| {
+                let result = song_rows(song, settings, &encoder, synth.as_ref())
+                    .and_then(|rows| crate::atomic::write(&song_file(&work, &song.id), &shards::encode_rows(&rows)?));
+                progress.inc(1);
+                result.err().map(|e| SkippedSong { song: song.id.clone(), reason: format!("{e:#}") })
+            })
+            .collect()
+    });
+    progress.finish();
+
+    // Phase 2: split, shard, manifest.
+    let failed: std::collections::BTreeSet<&str> = failures.iter().map(|f| f.song.as_str()).collect();
+    let mut by_split: BTreeMap<Split, Vec<PairRow>> = BTreeMap::new();
+    let mut song_lists: BTreeMap<Split, Vec<String>> = Split::ALL.iter().map(|&s| (s, Vec::new())).collect();
+    for song in songs.iter().filter(|s| !failed.contains(s.id.as_str())) {
+        let path = song_file(&work, &song.id);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let split = split::assign(settings.seed, &song.id, config.split);
+        let rows = shards::decode_rows(bytes, &path.display().to_string())?;
+        song_lists.entry(split).or_default().push(song.id.clone());
+        by_split.entry(split).or_default().extend(rows.into_iter().map(|r| PairRow { split, ..r }));
+    }
+    let max_bytes = (config.max_shard_mib * 1024.0 * 1024.0) as usize;
+    let mut infos = Vec::new();
+    for (&split, rows) in &by_split {
+        infos.extend(shards::write_split(out, split, rows, max_bytes)?);
+    }
+    let counts = Split::ALL
+        .iter()
+        .map(|&s| (s, SplitCount { songs: song_lists[&s].len(), rows: by_split.get(&s).map_or(0, |r| r.len()) }))
+        .collect();
+    let mut skipped = failures;
+    skipped.sort_by(|a, b| a.song.cmp(&b.song));
+    let manifest = Manifest {
+        schema_version: shards::SCHEMA_VERSION,
+        audio: encoder.layout.clone(),
+        counts,
+        songs: song_lists,
+        shards: infos,
+        skipped,
+        config: serde_json::json!({ "seed": settings.seed, "segments": settings.segments, "prepare": config }),
+    };
+    manifest.write(out)?;
+    shards::remove_unlisted(out, &manifest.shards)?;
+    crate::atomic::write(&out.join(REPORT_NAME), report(&manifest, songs.len()).as_bytes())?;
+    Ok(Summary { processed: todo.len(), reused: songs.len() - todo.len(), manifest })
+}
+
+/// Human-readable summary: counts per split and every skipped song with its reason.
+pub fn report(manifest: &Manifest, songs: usize) -> String {
+    let mut text = format!("songs: {songs}, prepared: {}, skipped: {}\n", songs - manifest.skipped.len(), manifest.skipped.len());
+    for (split, count) in &manifest.counts {
+        text += &format!("{split:>5}: {} songs, {} pairs\n", count.songs, count.rows);
+    }
+    for s in &manifest.skipped {
+        text += &format!("skipped {}: {}\n", s.song, s.reason);
+    }
+    text
+}
