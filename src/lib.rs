@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod models;
 pub mod train;
 pub mod progress;
