@@ -119,3 +119,20 @@ fn frozen_base_holds_no_gradients() {
         assert_eq!(has_grad, name.contains(".lora_"), "{name}: gradient {has_grad}");
     }
 }
+
+#[test]
+fn base_checkpoint_without_adapters_keeps_fresh_ones() {
+    // The HF port's model.safetensors before stage 2 holds no lora_* tensors.
+    let cfg = MuseCocoConfig::from_json_file(&golden_dir().join("config.json")).unwrap();
+    let ckpt = Checkpoint::open(&golden_dir().join("model.safetensors")).unwrap();
+    let base = ckpt.names().filter(|n| !n.contains(".lora_")).map(|n| (n.to_string(), ckpt.get(n).unwrap().shallow_clone()));
+    let base = Checkpoint::from_tensors(ckpt.origin(), base.collect::<Vec<_>>());
+    let mut vs = VarStore::new(Device::Cpu);
+    let _model = MuseCoco::new(vs.root(), &cfg);
+    let fresh_a = vs.variables()["decoder.layers.1.self_attn.lora_k.lora_A"].detach().copy();
+    MuseCoco::load(&mut vs, &base, "").unwrap();
+    let vars = vs.variables();
+    assert!(max_diff(&vars["decoder.layers.1.self_attn.lora_k.lora_A"], &fresh_a) == 0.0);
+    assert!(vars["decoder.layers.1.self_attn.lora_k.lora_B"].abs().max().double_value(&[]) == 0.0);
+    assert!(max_diff(&vars["decoder.layers.1.fc2.weight"], ckpt.get("decoder.layers.1.fc2.weight").unwrap()) == 0.0);
+}
