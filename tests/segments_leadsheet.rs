@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use stylebridge::data::example_song;
 use stylebridge::data::leadsheet::{CHORD_PROGRAM, CHORD_VELOCITY, MELODY_PROGRAM};
 use stylebridge::data::midi;
+use stylebridge::data::segments::{tick_to_pos, BarGrid};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -178,4 +179,39 @@ fn pop909_song_end_to_end() {
     }
     let parts = midi::read(&sheet).unwrap();
     assert_eq!(parts.instruments.len(), 2);
+}
+
+/// The bar grid numbers every note exactly as the reference OctupleMIDI encoder does: (bar,
+/// position, pitch) of each note against the golden token ids of tests/data/golden/edge (meters
+/// 3/4, 6/8, 7/8, changes in mid-bar, odd PPQ, tempo changes, bars past 255).
+#[test]
+fn bar_grid_matches_reference_octuple_bars() {
+    let golden_dir = repo().join("tests/data/golden/edge");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("tests/data/midi")).unwrap() {
+        let midi_path = entry.unwrap().path();
+        let stem = midi_path.file_stem().unwrap().to_str().unwrap().to_string();
+        let Ok(golden) = std::fs::read_to_string(golden_dir.join(format!("{stem}.json"))) else { continue };
+        let ids: Vec<u32> = serde_json::from_value(serde_json::from_str::<serde_json::Value>(&golden).unwrap()["octuple"].clone()).unwrap();
+        // 8 x <s>, 8 ids per note, 8 x </s>; bar ids from 4, positions from 260, pitches from 517.
+        let mut want: Vec<(u32, u32, u32)> = ids[8..ids.len() - 8].chunks(8).map(|n| (n[0] - 4, n[1] - 260, n[3] - 517)).collect();
+        want.sort();
+        let score = midi::read(&midi_path).unwrap();
+        let grid = BarGrid::from_score(&score).unwrap();
+        let mut got: Vec<(u32, u32, u32)> = Vec::new();
+        for inst in &score.instruments {
+            for n in &inst.notes {
+                let pos = tick_to_pos(n.start, score.ticks_per_beat);
+                let bar = grid.bar_of_pos(pos).unwrap();
+                let pitch = u32::from(n.pitch) + if inst.is_drum { 128 } else { 0 };
+                if bar < 256 {
+                    got.push((bar as u32, pos - grid.bars[bar].start_pos, pitch));
+                }
+            }
+        }
+        got.sort();
+        assert_eq!(got, want, "{stem}: (bar, position, pitch) of the notes");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} golden files found");
 }

@@ -138,27 +138,29 @@ impl BarGrid {
     /// The grid covering every note of `score` (onsets and ends); empty for a score without notes.
     pub fn from_score(score: &Score) -> Result<Self, GridError> {
         let tpb = score.ticks_per_beat;
-        let end_pos = score
-            .instruments
-            .iter()
-            .flat_map(|i| &i.notes)
-            .map(|n| (tick_to_pos(n.start, tpb) + 1).max(tick_to_pos(n.end, tpb)))
-            .max()
-            .unwrap_or(0);
-        Self::covering(score, end_pos)
+        let notes = || score.instruments.iter().flat_map(|i| &i.notes);
+        let onset_end = notes().map(|n| tick_to_pos(n.start, tpb) + 1).max().unwrap_or(0);
+        let end_pos = notes().map(|n| tick_to_pos(n.end, tpb)).max().unwrap_or(0).max(onset_end);
+        Self::covering(score, end_pos, onset_end)
     }
 
-    /// The grid of `score`'s time signatures with bars until one reaches past `end_pos`.
-    pub fn covering(score: &Score, end_pos: u32) -> Result<Self, GridError> {
+    /// The grid of `score`'s time signatures with bars until one reaches past `end_pos`. A
+    /// signature OctupleMIDI cannot encode is an error if it takes effect before `strict_end` (the
+    /// reference fails there too); past it, where the reference builds no grid, it is skipped.
+    pub fn covering(score: &Score, end_pos: u32, strict_end: u32) -> Result<Self, GridError> {
         let tpb = score.ticks_per_beat;
-        // (position, reduced signature, tick, original signature), sorted stably by position.
+        // (position, reduced signature, original), sorted stably by position.
         let mut changes = Vec::with_capacity(score.time_signatures.len());
         for ts in &score.time_signatures {
             let (n, d) = time_signature_reduce(ts.numerator, ts.denominator);
+            let pos = tick_to_pos(ts.tick, tpb);
             if d == 0 || d > MAX_TS_DENOMINATOR || !d.is_power_of_two() || n == 0 {
-                return Err(GridError::UnsupportedTimeSignature { numerator: ts.numerator, denominator: ts.denominator, tick: ts.tick });
+                if pos < strict_end {
+                    return Err(GridError::UnsupportedTimeSignature { numerator: ts.numerator, denominator: ts.denominator, tick: ts.tick });
+                }
+                continue;
             }
-            changes.push((tick_to_pos(ts.tick, tpb), (n, d), ts));
+            changes.push((pos, (n, d), ts));
         }
         changes.sort_by_key(|c| c.0);
         let signature_at = |pos: u32| {
@@ -372,6 +374,9 @@ mod tests {
         assert!(err.to_string().contains("3/128"), "{err}");
         let err = BarGrid::from_score(&score(&[(0, 1, 64)], &[], 1920)).unwrap_err();
         assert!(err.to_string().contains("shorter"), "{err}");
+        // After the last onset (tick 1680) the reference never looks at signatures: skipped.
+        let grid = BarGrid::from_score(&score(&[(0, 4, 4), (1800, 3, 128)], &[], 1920)).unwrap();
+        assert_eq!(bar_ticks(&grid), [0]);
     }
 
     #[test]
