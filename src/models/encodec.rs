@@ -100,6 +100,10 @@ impl EncodecConfig {
             self.codebook_size
         );
         ensure!(self.num_quantizers() >= 1, "the bandwidths leave no quantizer");
+        ensure!(
+            self.num_quantizers_used() <= self.num_quantizers(),
+            "target_bandwidths[0] needs more codebooks than the last (highest) bandwidth provides"
+        );
         Ok(())
     }
 
