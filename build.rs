@@ -25,6 +25,29 @@ fn torch_lib_dir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
+/// `pyo3-tch` builds pyo3 as an extension module, which leaves libpython unlinked: link the
+/// interpreter of the venv's base installation here (with an rpath), and record the venv's
+/// site-packages so that the embedded interpreter finds torch when a launcher (torchrun, srun)
+/// starts the binary outside `make`. Only multi-process training ever starts Python.
+fn link_libpython() {
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let script = "import site, sysconfig; print(sysconfig.get_config_var('LIBDIR')); \
+                  print(sysconfig.get_config_var('LDVERSION')); print(site.getsitepackages()[0])";
+    let output = Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} to locate libpython: {e}"));
+    assert!(output.status.success(), "{python} cannot report its libpython: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let [lib_dir, version, site_packages] = text.lines().collect::<Vec<_>>()[..] else {
+        panic!("unexpected answer from {python} about libpython: {text}")
+    };
+    println!("cargo:rustc-link-search=native={lib_dir}");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    println!("cargo:rustc-link-arg=-lpython{version}");
+    println!("cargo:rustc-env=STYLEBRIDGE_BUILD_SITE_PACKAGES={site_packages}");
+}
+
 fn main() {
     for var in ["LIBTORCH", "LIBTORCH_USE_PYTORCH", "PYTHON_SYS_EXECUTABLE", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -43,4 +66,5 @@ fn main() {
     // integration test using only the binary) would otherwise miss it.
     println!("cargo:rustc-link-arg=-lstdc++");
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    link_libpython();
 }

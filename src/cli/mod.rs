@@ -8,6 +8,7 @@ mod convert;
 mod info;
 mod inspect;
 mod leadsheet;
+mod launch;
 mod prepare;
 mod render;
 mod segments;
@@ -41,6 +42,8 @@ enum Command {
     /// Show what is inside prepared data (`inspect shards DIR`).
     Inspect(inspect::Args),
     /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
+    /// Start N training workers on this node (like `torchrun --no-python`): `launch --nproc-per-node 2 -- train cfg.yaml`.
+    Launch(launch::Args),
     Tokens(tokens::Args),
 }
 
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+        Command::Launch(args) => launch::run(args),
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

@@ -2,6 +2,7 @@
 //! checkpoints and metrics.
 pub mod amp;
 pub mod checkpoint;
+pub mod distributed;
 pub mod losses;
 pub mod metrics;
 pub mod optimizer;

@@ -1,0 +1,205 @@
+//! Two-process tests of the c10d layer on Gloo (CPU). Each test starts this same test binary
+//! twice with torchrun's variables and `STYLEBRIDGE_TEST_WORKER` set; in those processes the test
+//! body plays one rank and exits non-zero on any mismatch.
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stylebridge::train::distributed::{self, Collective};
+use stylebridge::train::losses;
+use tch::{Device, Kind, Tensor};
+
+const WORKER: &str = "STYLEBRIDGE_TEST_WORKER";
+
+/// The collective of this worker process, or None in the parent test process.
+fn worker_collective(timeout: Duration) -> Option<Box<dyn Collective>> {
+    std::env::var_os(WORKER)?;
+    tch::set_num_threads(1);
+    let (collective, device) = distributed::from_env(Device::Cpu, timeout).unwrap_or_else(|e| fail(&e));
+    assert_eq!(device, Device::Cpu);
+    Some(collective)
+}
+
+fn fail(error: &anyhow::Error) -> ! {
+    eprintln!("error: {error:#}");
+    std::process::exit(3)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Start `world` workers that run the test `name` of this binary.
+fn spawn(name: &str, world: usize) -> Vec<Child> {
+    let port = free_port().to_string();
+    (0..world)
+        .map(|rank| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(WORKER, "1")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Wait for `child` at most `limit`, killing it past that; returns (exit code, stderr, seconds).
+fn finish(child: &mut Child, limit: Duration) -> (Option<i32>, String, f64) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code(), err, start.elapsed().as_secs_f64())
+}
+
+fn run_workers(name: &str, world: usize) {
+    let mut children = spawn(name, world);
+    for (rank, child) in children.iter_mut().enumerate() {
+        let (code, err, _) = finish(child, Duration::from_secs(120));
+        assert_eq!(code, Some(0), "rank {rank} failed:\n{err}");
+    }
+}
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+    let (a, b) = (to_vec(a), to_vec(b));
+    assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+#[test]
+fn all_reduce_broadcast_and_gather_with_gradient() {
+    let Some(c) = worker_collective(Duration::from_secs(60)) else {
+        return run_workers("all_reduce_broadcast_and_gather_with_gradient", 2);
+    };
+    let (rank, world) = (c.rank() as f64, c.world_size() as f64);
+    // Sum, in several buckets of two kinds; a non-contiguous tensor keeps its layout.
+    let a = Tensor::full([3, 2], rank + 1.0, (Kind::Float, Device::Cpu));
+    let b = Tensor::full([4], 10.0 * (rank + 1.0), (Kind::Double, Device::Cpu));
+    let t = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]).transpose(0, 1) * (rank + 1.0);
+    c.all_reduce_sum(&[a.shallow_clone(), b.shallow_clone(), t.shallow_clone()]).unwrap_or_else(|e| fail(&e));
+    assert_eq!(to_vec(&a), vec![3.0; 6]);
+    assert_eq!(to_vec(&b), vec![30.0; 4]);
+    assert_eq!(to_vec(&t), vec![0.0, 9.0, 3.0, 12.0, 6.0, 15.0]);
+    // Broadcast into a parameter that requires grad: rank 0's values everywhere.
+    let p = Tensor::full([5], rank, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    c.broadcast(&[p.shallow_clone()]).unwrap_or_else(|e| fail(&e));
+    assert_eq!(to_vec(&p), vec![0.0; 5]);
+    // Gather with gradient: every rank's loss sum(w * gathered) sends w's rows back to their
+    // owner, summed over ranks.
+    let x = Tensor::full([2, 3], rank, (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let all = c.all_gather(&x).unwrap_or_else(|e| fail(&e));
+    assert_eq!(to_vec(&all), [vec![0.0; 6], vec![1.0; 6]].concat());
+    let w = Tensor::arange(12, (Kind::Double, Device::Cpu)).reshape([4, 3]);
+    (&all * &w).sum(Kind::Double).backward();
+    assert_close(&x.grad(), &(w.narrow(0, 2 * rank as i64, 2) * world), 0.0, "gather gradient");
+    c.barrier().unwrap_or_else(|e| fail(&e));
+}
+
+/// Rank `rank`'s rows of a global batch made the same way in every process.
+fn global_batch(batch: i64, queries: i64, dim: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(7);
+    let normalized = |x: Tensor| &x / x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true);
+    (normalized(Tensor::randn([batch, queries, dim], (Kind::Double, Device::Cpu))), normalized(Tensor::randn([batch, dim], (Kind::Double, Device::Cpu))))
+}
+
+#[test]
+fn global_batch_contrastive_loss_and_gradient_equal_one_process() {
+    let Some(c) = worker_collective(Duration::from_secs(60)) else {
+        return run_workers("global_batch_contrastive_loss_and_gradient_equal_one_process", 2);
+    };
+    let (rank, world) = (c.rank() as i64, c.world_size() as i64);
+    let (local, dim) = (3, 8);
+    let (audio, symbolic) = global_batch(local * world, 4, dim);
+    tch::manual_seed(11);
+    let projection = Tensor::randn([dim, dim], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let temp = Tensor::from(0.07f64);
+    let loss = |audio: &Tensor, symbolic: &Tensor, gather: &dyn Fn(&Tensor) -> Tensor, offset: i64| {
+        let (a, s) = (audio.matmul(&projection), symbolic.matmul(&projection));
+        let (a2s, s2a) = losses::similarities(&a, &s, &gather(&a), &gather(&s), &temp);
+        losses::contrastive(&a2s, &s2a, offset)
+    };
+    // One process over the concatenated batch.
+    let single = loss(&audio, &symbolic, &|t| t.shallow_clone(), 0);
+    single.backward();
+    let single_grad = projection.grad().copy();
+    let _ = projection.grad().zero_();
+    // This rank's rows, features gathered with gradient, losses and gradients averaged over ranks.
+    let rows = |t: &Tensor| t.narrow(0, rank * local, local);
+    let mine = loss(&rows(&audio), &rows(&symbolic), &|t| c.all_gather(t).unwrap_or_else(|e| fail(&e)), rank * local);
+    mine.backward();
+    let (mean_loss, grad) = (mine.detach().reshape([1]), projection.grad());
+    c.all_reduce_sum(&[mean_loss.shallow_clone(), grad.shallow_clone()]).unwrap_or_else(|e| fail(&e));
+    assert_close(&(mean_loss / world as f64), &single.reshape([1]), 1e-12, "global-batch loss");
+    assert_close(&(grad / world as f64), &single_grad, 1e-10, "global-batch gradient");
+}
+
+/// Worker side of the failure tests: one collective, then rank 1 waits to be killed or frozen
+/// and rank 0 keeps calling collectives, which must fail naming rank 1.
+fn doomed_pair(timeout: Duration) -> Option<()> {
+    let c = worker_collective(timeout)?;
+    let x = Tensor::ones([4], (Kind::Float, Device::Cpu));
+    c.all_reduce_sum(&[x.shallow_clone()]).unwrap_or_else(|e| fail(&e));
+    println!("ready");
+    if c.rank() == 1 {
+        std::thread::sleep(Duration::from_secs(600));
+    }
+    loop {
+        c.all_reduce_sum(&[x.shallow_clone()]).unwrap_or_else(|e| fail(&e));
+    }
+}
+
+/// Start the pair, wait for rank 1's "ready", do `to_rank_1` to it; rank 0 must exit non-zero
+/// within the timeout plus a margin, naming rank 1.
+fn check_lost_rank(name: &str, timeout_s: u64, signal: libc::c_int) {
+    let mut children = spawn(name, 2);
+    let mut out = children[1].stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut byte = [0u8; 1];
+    while !seen.contains("ready") && out.read(&mut byte).unwrap() == 1 {
+        seen.push(byte[0] as char);
+    }
+    assert!(seen.contains("ready"), "rank 1 never got ready: {}", finish(&mut children[1], Duration::ZERO).1);
+    unsafe { libc::kill(children[1].id() as libc::pid_t, signal) };
+    let limit = Duration::from_secs(timeout_s + 30);
+    let (code, err, seconds) = finish(&mut children[0], limit);
+    unsafe { libc::kill(children[1].id() as libc::pid_t, libc::SIGKILL) };
+    let _ = children[1].wait();
+    assert!(code.is_some() && code != Some(0), "rank 0 did not fail cleanly (code {code:?}):\n{err}");
+    assert!(err.contains("lost rank 1"), "rank 0's error does not name rank 1:\n{err}");
+    assert!(seconds <= timeout_s as f64 + 10.0, "rank 0 took {seconds:.1} s for a {timeout_s} s timeout:\n{err}");
+}
+
+#[test]
+fn killed_rank_is_named_by_the_survivor_within_the_timeout() {
+    if doomed_pair(Duration::from_secs(20)).is_none() {
+        check_lost_rank("killed_rank_is_named_by_the_survivor_within_the_timeout", 20, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn frozen_rank_is_named_by_the_survivor_within_the_timeout() {
+    if doomed_pair(Duration::from_secs(5)).is_none() {
+        check_lost_rank("frozen_rank_is_named_by_the_survivor_within_the_timeout", 5, libc::SIGSTOP);
+    }
+}
