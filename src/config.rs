@@ -121,6 +121,9 @@ pub struct PrepareConfig {
     pub melody_track: String,
     /// Song-level split (hash of seed and song id): fractions for valid and test.
     pub split: crate::data::split::SplitRatios,
+    /// Split by the part of the song id before this separator, so that songs sharing it stay
+    /// together (the embedded corpus: `ls003_alberti`, `ls003_waltz` share lead sheet `ls003`).
+    pub split_group_separator: Option<String>,
 }
 
 impl Default for PrepareConfig {
@@ -141,6 +144,7 @@ impl Default for PrepareConfig {
             piano_track: "PIANO".into(),
             melody_track: "MELODY".into(),
             split: Default::default(),
+            split_group_separator: None,
         }
     }
 }

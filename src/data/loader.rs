@@ -21,6 +21,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::config::DataConfig;
 use crate::data::encodings::{octuple, remi};
 use crate::data::pairing::{self, Draw, KeyedRng, WindowSpec};
 use crate::data::shards::{read_shard, AudioLayout, Manifest, PairRow};
@@ -104,7 +105,7 @@ pub struct LoaderOptions {
     pub shuffle: bool,
     /// Draw a window shift and a transposition per row and epoch (training); off = centred, as is.
     pub augment: bool,
-    /// Largest shift in frames (at most the stored margin).
+    /// Largest window shift in frames (capped by the stored margin).
     pub max_shift_frames: usize,
     pub transpose: (i32, i32),
     pub drop_last: bool,
@@ -120,6 +121,27 @@ pub struct LoaderOptions {
 }
 
 impl LoaderOptions {
+    /// Options from the `data:` config section for one rank of `world_size`, on data of `layout`.
+    pub fn from_config(data: &DataConfig, layout: &AudioLayout, stage: Stage, batch_size: usize, seed: u64, rank: usize, world_size: usize) -> Self {
+        Self {
+            rank,
+            world_size,
+            max_shift_frames: (data.shift_seconds.max(0.0) * layout.frame_rate).round() as usize,
+            transpose: (data.transpose[0], data.transpose[1]),
+            redact_lead_performance: data.redact_lead_performance,
+            max_notes: data.max_notes,
+            max_tokens: data.max_tokens,
+            workers: data.workers,
+            prefetch: data.prefetch,
+            ..Self::training(stage, batch_size, seed)
+        }
+    }
+
+    /// Evaluation: every row once, in order, centred and untransposed.
+    pub fn evaluation(self) -> Self {
+        Self { shuffle: false, augment: false, drop_last: false, ..self }
+    }
+
     /// BOSSA's training settings for `stage` (batch 32 per GPU), one rank.
     pub fn training(stage: Stage, batch_size: usize, seed: u64) -> Self {
         Self {

@@ -378,7 +378,11 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     for song in songs.iter().filter(|s| !failed.contains(s.id.as_str())) {
         let path = song_file(&work, &song.id);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let split = split::assign(settings.seed, &song.id, config.split);
+        let group = match config.split_group_separator.as_deref() {
+            Some(sep) if !sep.is_empty() => song.id.split(sep).next().unwrap_or(&song.id),
+            _ => song.id.as_str(),
+        };
+        let split = split::assign(settings.seed, group, config.split);
         let rows = shards::decode_rows(bytes, &path.display().to_string())?;
         song_lists.entry(split).or_default().push(song.id.clone());
         by_split.entry(split).or_default().extend(rows.into_iter().map(|r| PairRow { split, ..r }));

@@ -1,0 +1,300 @@
+//! `stylebridge prepare` end to end: a small corpus of audio + MIDI + chord files (and a few
+//! POP909 songs when ../shared/data/pop909 is there) -> shards; every row loads back with the
+//! right split, shapes, tokens and codes (the window centred on its segment, cut from the codes
+//! of the whole track); loader shifts stay within 1 s; a killed run leaves no partial shard
+//! and a rerun gives byte-identical output.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use stylebridge::data::audio;
+use stylebridge::data::encodings::octuple;
+use stylebridge::data::loader::{Loader, LoaderOptions, PairSet, Stage};
+use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
+use stylebridge::data::shards::{Manifest, PairRow};
+use stylebridge::data::split::{self, Split, SplitRatios};
+use stylebridge::models::encodec::Encodec;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stylebridge");
+
+/// A tiny random HF EnCodec (made once per test binary by the parity script; 8 kHz, 500 codes/s).
+fn encodec() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let python = std::env::var_os("PYTHON_SYS_EXECUTABLE")
+            .expect("PYTHON_SYS_EXECUTABLE is unset: run through the Makefile (`make cargo ARGS=\"test --test prepare_e2e\"`)");
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_interop/parity/make_encodec.py");
+        let out = Command::new(python).arg(&script).arg(dir.path()).args(["--variant", "music32k"]).output().unwrap();
+        assert!(out.status.success(), "make_encodec.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .path()
+    .join("model")
+    .leak()
+}
+
+/// Song `k`: `bars` bars of melody + piano at `bpm` in `meter`/4, chords every bar, and audio made
+/// of decaying sines of every note (16 kHz, so prepare resamples it).
+fn write_song(dir: &Path, name: &str, k: u32, bars: u32, meter: u32, bpm: f64) {
+    let tpb = 480;
+    let bar = tpb * meter;
+    let mut piano = Vec::new();
+    let mut melody = Vec::new();
+    for b in 0..bars {
+        let root = 48 + ((b * 5 + k) % 7) as u8;
+        for beat in 0..meter {
+            let t = b * bar + beat * tpb;
+            piano.push(Note { start: t, end: t + tpb / 2, pitch: root + [0, 4, 7][(beat % 3) as usize], velocity: 70 });
+        }
+        melody.push(Note { start: b * bar + tpb / 2, end: b * bar + tpb * 2, pitch: 67 + (b % 5) as u8, velocity: 90 });
+    }
+    let part = |name: &str, program, notes| Instrument { name: name.into(), program, is_drum: false, notes };
+    let score = Score {
+        ticks_per_beat: tpb,
+        instruments: vec![part("MELODY", 73, melody), part("PIANO", 0, piano)],
+        tempo_changes: vec![TempoChange { tick: 0, bpm }],
+        time_signatures: vec![TimeSignature { tick: 0, numerator: meter, denominator: 4 }],
+    };
+    midi::write(&score, &dir.join(format!("{name}.mid"))).unwrap();
+    let seconds_per_bar = 60.0 / bpm * f64::from(meter);
+    let chords: String = (0..bars)
+        .map(|b| format!("{:.3} {:.3} {}\n", f64::from(b) * seconds_per_bar, f64::from(b + 1) * seconds_per_bar, ["C:maj", "A:min", "F:maj", "G:7"][(b % 4) as usize]))
+        .collect();
+    std::fs::write(dir.join(format!("{name}.chords.txt")), chords).unwrap();
+    let rate = 16_000;
+    let total = ((f64::from(bars) * seconds_per_bar + 1.0) * f64::from(rate)) as usize;
+    let mut samples = vec![0f32; total];
+    let seconds = |tick: u32| f64::from(tick) * 60.0 / (bpm * f64::from(tpb));
+    for note in score.instruments.iter().flat_map(|i| &i.notes) {
+        let freq = 440.0 * 2f64.powf((f64::from(note.pitch) - 69.0) / 12.0);
+        let start = (seconds(note.start) * f64::from(rate)) as usize;
+        for (i, s) in samples[start..].iter_mut().take(rate as usize / 2).enumerate() {
+            let t = i as f64 / f64::from(rate);
+            *s += (0.1 * (-6.0 * t).exp() * (2.0 * std::f64::consts::PI * freq * t).sin()) as f32;
+        }
+    }
+    audio::write_wav(&dir.join(format!("{name}.wav")), &samples, rate).unwrap();
+}
+
+/// Songs s00..s{n-1} (one in 3/4), and one without a piano track.
+fn corpus(n: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..n {
+        let meter = if k == 1 { 3 } else { 4 };
+        write_song(dir.path(), &format!("s{k:02}"), k, 10 + k % 3, meter, 100.0 + 10.0 * f64::from(k % 4));
+    }
+    write_song(dir.path(), "zz_bad", 0, 8, 4, 120.0);
+    let bad = dir.path().join("zz_bad.mid");
+    let mut score = midi::read(&bad).unwrap();
+    score.instruments.retain(|i| i.name != "PIANO");
+    midi::write(&score, &bad).unwrap();
+    dir
+}
+
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("exp.yaml");
+    std::fs::write(
+        &path,
+        "name: e2e\nseed: 3\nprepare:\n  source: pairs\n  max_shard_mib: 0.2\n  split:\n    valid: 0.25\n    test: 0.25\n",
+    )
+    .unwrap();
+    path
+}
+
+fn prepare(corpus: &Path, out: &Path, jobs: usize) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["prepare", "--config"])
+        .arg(config(corpus))
+        .arg("--input")
+        .arg(corpus)
+        .arg("--encodec")
+        .arg(encodec())
+        .arg("--out")
+        .arg(out)
+        .args(["--jobs", &jobs.to_string()])
+        .env("STYLEBRIDGE_PROGRESS_SECS", "0");
+    cmd
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "prepare failed:\n{stderr}");
+    stderr
+}
+
+/// Whole-track codes `[n_q, frames]` of an audio file, as prepare computes them.
+fn track_codes(model: &Encodec, path: &Path) -> (Vec<i64>, usize) {
+    let samples = audio::load_mono(path, model.config().sampling_rate).unwrap();
+    let codes = model.encode(&tch::Tensor::from_slice(&samples).view([1, 1, -1])).unwrap();
+    let frames = codes.size()[2] as usize;
+    (Vec::<i64>::try_from(codes.reshape([-1])).unwrap(), frames)
+}
+
+/// Every row of every split: shapes, split, centring, codes cut from the whole track, tokens.
+fn check_rows(out: &Path, ratios: SplitRatios, seed: u64) -> Vec<(Split, PairRow)> {
+    let manifest = Manifest::read(out).unwrap();
+    let a = &manifest.audio;
+    let model = Encodec::load(Path::new(&a.encodec), tch::Device::Cpu).unwrap();
+    let mut all = Vec::new();
+    for s in Split::ALL {
+        let set = PairSet::open(out, s, 2).unwrap();
+        assert_eq!(set.rows.len(), manifest.counts[&s].rows);
+        all.extend(set.rows.into_iter().map(|r| (s, r)));
+    }
+    let mut tracks = std::collections::HashMap::new();
+    for (s, row) in &all {
+        assert_eq!(*s, split::assign(seed, &row.song_id, ratios), "{} is in the wrong split", row.song_id);
+        assert_eq!(row.codes.len(), a.n_q * a.stored_frames());
+        assert!(row.end_bar - row.first_bar == 4 && row.end_seconds > row.start_seconds);
+        // Centred: BOSSA's mid = floor((start + end) * rate / 2), window mid +- window/2.
+        let mid = ((row.start_seconds + row.end_seconds) * a.frame_rate / 2.0).floor() as i64;
+        let window_start = row.codes_start_frame + a.margin_frames as i64;
+        assert_eq!(window_start, mid - (a.window_frames / 2) as i64);
+        let (codes, frames) = tracks.entry(row.audio_path.clone()).or_insert_with(|| track_codes(&model, Path::new(&row.audio_path)));
+        for q in 0..a.n_q {
+            for j in 0..a.stored_frames() {
+                let f = row.codes_start_frame + j as i64;
+                let want = if f >= 0 && (f as usize) < *frames { codes[q * *frames + f as usize] } else { i64::from(a.pad_code) };
+                assert_eq!(i64::from(row.codes[q * a.stored_frames() + j]), want, "{} seg {} q {q} frame {f}", row.song_id, row.segment_index);
+            }
+        }
+        // Piano tokens: the source's piano notes of those 4 bars (4 beats each, 3 in song s01).
+        let piano = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap();
+        let beats = if row.song_id == "s01" { 3 } else { 4 };
+        assert_eq!(piano.len(), 4 * beats, "{} seg {}", row.song_id, row.segment_index);
+        assert!(piano.iter().all(|n| n.bar < 4));
+        assert_eq!((row.meter_numerator, row.meter_denominator), (beats as u32, 4));
+        assert!(!row.lead_octuple.is_empty() && !row.lead_remi.is_empty() && !row.piano_remi.is_empty());
+    }
+    all
+}
+
+#[test]
+fn prepare_a_corpus_then_load_every_row_back() {
+    let corpus = corpus(6);
+    let out = tempfile::tempdir().unwrap();
+    let stderr = run_ok(prepare(corpus.path(), out.path(), 2));
+    assert!(stderr.contains("skipped zz_bad") && stderr.contains("PIANO"), "the bad song must be reported:\n{stderr}");
+
+    let manifest = Manifest::read(out.path()).unwrap();
+    assert_eq!(manifest.skipped.len(), 1);
+    assert!(manifest.skipped[0].reason.contains("no track named 'PIANO'"), "{}", manifest.skipped[0].reason);
+    assert!(manifest.shards.len() > 3, "0.2 MiB shards should split the rows: {:?}", manifest.shards.len());
+    assert!(std::fs::read_to_string(out.path().join("report.txt")).unwrap().contains("skipped zz_bad"));
+    let songs: usize = manifest.counts.values().map(|c| c.songs).sum();
+    assert_eq!(songs, 6);
+
+    let rows = check_rows(out.path(), SplitRatios { valid: 0.25, test: 0.25 }, 3);
+    // 10..12 bars, 2-bar hop: 4 segments per song, except where the audio ends first.
+    assert!(rows.len() >= 6 * 3, "{} rows", rows.len());
+
+    // Loader on the prepared train split: shifts within +-1 s, codes follow the shift.
+    let set = Arc::new(PairSet::open(out.path(), Split::Train, 2).unwrap());
+    let margin = set.layout.margin_frames as i32;
+    assert_eq!(f64::from(margin), set.layout.frame_rate, "the margin is 1 s");
+    let loader = Loader::new(Arc::clone(&set), LoaderOptions { workers: 2, ..LoaderOptions::training(Stage::Stage1, 2, 0) }).unwrap();
+    let w = set.layout.window_frames;
+    for batch in loader.batches(0, 0) {
+        for (b, (&r, d)) in batch.rows.iter().zip(&batch.draws).enumerate() {
+            assert!(d.shift.abs() <= margin);
+            let stored = &set.rows[r].codes;
+            let offset = (margin + d.shift) as usize;
+            assert!((0..w).all(|j| batch.codes[b * set.layout.n_q * w + j] == i64::from(stored[offset + j])));
+        }
+    }
+
+    // inspect prints the manifest, the counts and a decoded row.
+    let out_text = Command::new(BIN).args(["inspect", "shards"]).arg(out.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out_text.stdout);
+    assert!(out_text.status.success(), "{}", String::from_utf8_lossy(&out_text.stderr));
+    for needle in ["schema v1", "train", "valid", "test", "skipped songs: 1", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
+        assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
+    }
+
+    // A rerun finds every song done and rewrites the same bytes.
+    let before = snapshot(out.path());
+    let stderr = run_ok(prepare(corpus.path(), out.path(), 2));
+    assert!(stderr.contains("6 reused") || stderr.contains("0 songs processed"), "{stderr}");
+    assert_eq!(snapshot(out.path()), before);
+}
+
+/// Visible files (shards, manifest, report) and their bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn killed_prepare_leaves_no_partial_shard_and_rerun_is_identical() {
+    let corpus = corpus(10);
+    let clean = tempfile::tempdir().unwrap();
+    run_ok(prepare(corpus.path(), clean.path(), 1));
+
+    let out = tempfile::tempdir().unwrap();
+    let mut child = prepare(corpus.path(), out.path(), 1).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let songs = out.path().join(".work/songs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed_midway;
+    loop {
+        let done = std::fs::read_dir(&songs).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".parquet")).count()).unwrap_or(0);
+        if done >= 2 {
+            killed_midway = child.try_wait().unwrap().is_none();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "prepare made no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(killed_midway, "prepare finished before it could be killed; the corpus is too small for this test");
+    // Every visible shard is whole (none exist yet in phase 1; any that do must read back).
+    for (name, bytes) in snapshot(out.path()) {
+        if name.ends_with(".parquet") {
+            stylebridge::data::shards::decode_rows(bytes, &name).unwrap();
+        }
+    }
+    let stderr = run_ok(prepare(corpus.path(), out.path(), 1));
+    assert!(!stderr.contains(" 0 reused"), "the rerun should reuse finished songs:\n{stderr}");
+    assert_eq!(snapshot(out.path()), snapshot(clean.path()), "the resumed run differs from a clean one");
+}
+
+#[test]
+fn pop909_songs_render_and_prepare() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pop909");
+    if !root.join("POP909/001/001.mid").is_file() {
+        eprintln!("skipped: {} is absent", root.display());
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["prepare", "--source", "pop909", "--render-missing-audio", "--max-songs", "2", "--jobs", "2", "--input"])
+        .arg(&root)
+        .arg("--encodec")
+        .arg(encodec())
+        .arg("--out")
+        .arg(out.path());
+    let stderr = run_ok(cmd);
+    let manifest = Manifest::read(out.path()).unwrap();
+    assert!(manifest.skipped.is_empty(), "{stderr}");
+    let total: usize = manifest.counts.values().map(|c| c.rows).sum();
+    assert!(total > 40, "two POP909 songs should give dozens of 4-bar segments, got {total}");
+    let a = &manifest.audio;
+    for s in Split::ALL {
+        for row in PairSet::open(out.path(), s, 2).unwrap().rows {
+            let mid = ((row.start_seconds + row.end_seconds) * a.frame_rate / 2.0).floor() as i64;
+            assert_eq!(row.codes_start_frame + a.margin_frames as i64, mid - (a.window_frames / 2) as i64);
+            assert!(row.song_id.starts_with("pop909-00"));
+            assert_eq!(row.audio_path, "(rendered from the MIDI)");
+            assert!(row.piano_octuple.len() % 8 == 0 && !row.piano_octuple.is_empty());
+        }
+    }
+}
