@@ -120,6 +120,10 @@ pub fn apply_delay_pattern(codes: &Tensor, pad: i64) -> Result<Tensor> {
     Ok(out)
 }
 
+/// Name of the position table in checkpoints that store it (a non-trainable parameter in
+/// transformers 4.x, a non-persistent buffer since).
+const POSITIONS: &str = "embed_positions.weights";
+
 /// HF `MusicgenSinusoidalPositionalEmbedding.get_embedding` rows 0..len: `[cos | sin]` of
 /// position * 10000^(-i / (half - 1)), a zero column appended for odd widths.
 fn sinusoidal_positions(len: i64, dim: i64, device: Device) -> Tensor {
@@ -244,14 +248,28 @@ impl MusicgenDecoder {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let mut model = Self::new(vs, config, n_layers)?;
-        // Layers past the cut, and every cross-attention (it adds exactly 0, see the module doc).
+        // Layers past the cut, every cross-attention (it adds exactly 0, see the module doc), and
+        // the fixed position table that transformers 4.x saved (the hub's files), checked below.
         let unused = |name: &str| match name.strip_prefix("layers.").and_then(|rest| rest.split_once('.')) {
             Some((index, rest)) => {
                 index.parse::<usize>().map_or(false, |i| i >= n_layers) || rest.starts_with("encoder_attn")
             }
-            None => false,
+            None => name == POSITIONS,
         };
         ckpt.load_into(&mut model.vs, prefix, unused)?;
+        if let Some(stored) = ckpt.get(&format!("{prefix}{POSITIONS}")) {
+            let (rows, dim) = stored.size2().context("embed_positions.weights must be [positions, hidden]")?;
+            let diff = (stored.to_kind(Kind::Float) - sinusoidal_positions(rows, dim, stored.device()))
+                .abs()
+                .max()
+                .double_value(&[]);
+            // Tolerance covers fp16/bf16 storage of values in [-1, 1].
+            ensure!(
+                dim == model.config.hidden_size && diff < 1e-2,
+                "{}: {prefix}{POSITIONS} is not MusicGen's sinusoid (max |diff| {diff:.3e})",
+                ckpt.origin().display()
+            );
+        }
         model.vs.freeze();
         Ok(model)
     }
@@ -369,20 +387,55 @@ mod tests {
         assert_eq!(ok.size(), vec![1, 6, 8]);
     }
 
+    /// A decoder's variables under HF's prefix, as a MusicGen checkpoint names them.
+    fn hf_named(model: &MusicgenDecoder) -> Vec<(String, Tensor)> {
+        model.var_store().variables().into_iter().map(|(k, v)| (format!("decoder.model.decoder.{k}"), v)).collect()
+    }
+
+    /// Write `named` as model.safetensors and a config.json claiming a 3-layer decoder of width `hidden`.
+    fn write_checkpoint(dir: &Path, named: &[(String, Tensor)], hidden: i64) {
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_safetensors(&refs, dir.join("model.safetensors")).unwrap();
+        let config = format!(
+            r#"{{"decoder": {{"vocab_size": 8, "pad_token_id": 8, "hidden_size": {hidden}, "num_attention_heads": 2,
+                "ffn_dim": 16, "num_hidden_layers": 3}}}}"#
+        );
+        std::fs::write(dir.join("config.json"), config).unwrap();
+    }
+
     #[test]
     fn checkpoint_of_another_shape_lists_the_tensors() {
-        // Save a 3-layer decoder of width 8 under HF's prefix, then claim width 12 in config.json.
+        // A width-8 decoder without its fc2 weights, under a config.json that claims width 12.
         let dir = tempfile::tempdir().unwrap();
         let saved = MusicgenDecoder::new(VarStore::new(Device::Cpu), tiny_config(), 3).unwrap();
-        let named: Vec<(String, Tensor)> =
-            saved.var_store().variables().into_iter().map(|(k, v)| (format!("decoder.model.decoder.{k}"), v)).collect();
-        let refs: Vec<(&str, &Tensor)> = named.iter().filter(|(k, _)| !k.ends_with("fc2.weight")).map(|(k, v)| (k.as_str(), v)).collect();
-        Tensor::write_safetensors(&refs, dir.path().join("model.safetensors")).unwrap();
-        let config = r#"{"decoder": {"vocab_size": 8, "pad_token_id": 8, "hidden_size": 12, "num_attention_heads": 2,
-                         "ffn_dim": 16, "num_hidden_layers": 3}}"#;
-        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        let mut named = hf_named(&saved);
+        named.retain(|(k, _)| !k.ends_with("fc2.weight"));
+        write_checkpoint(dir.path(), &named, 12);
         let err = format!("{:#}", MusicgenDecoder::load(dir.path(), None, Device::Cpu, Kind::Float).err().unwrap());
         assert!(err.contains("missing tensor(s)") && err.contains("decoder.model.decoder.layers.0.fc2.weight [12, 16]"), "{err}");
         assert!(err.contains("decoder.model.decoder.layer_norm.weight: checkpoint [8], model [12]"), "{err}");
+    }
+
+    #[test]
+    fn stored_position_table_of_transformers_4_is_checked_and_skipped() {
+        let model = MusicgenDecoder::new(VarStore::new(Device::Cpu), tiny_config(), 3).unwrap();
+        let ids = Tensor::randint(9, [1, 4, 7], (Kind::Int64, Device::Cpu));
+        let want = model.features(&ids).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let table = sinusoidal_positions(64, 8, Device::Cpu).to_kind(Kind::Half);
+        let with_table = |table: Tensor| {
+            let mut named = hf_named(&model);
+            named.push((format!("decoder.model.decoder.{POSITIONS}"), table));
+            named
+        };
+        write_checkpoint(dir.path(), &with_table(table), 8);
+        let loaded = MusicgenDecoder::load(dir.path(), Some(3), Device::Cpu, Kind::Float).unwrap();
+        assert!(loaded.features(&ids).unwrap().allclose(&want, 1e-6, 1e-6, false));
+
+        let wrong = tempfile::tempdir().unwrap();
+        write_checkpoint(wrong.path(), &with_table(Tensor::zeros([64, 8], (Kind::Float, Device::Cpu))), 8);
+        let err = MusicgenDecoder::load(wrong.path(), Some(3), Device::Cpu, Kind::Float).err().unwrap().to_string();
+        assert!(err.contains("is not MusicGen's sinusoid"), "{err}");
     }
 }
