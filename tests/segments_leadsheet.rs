@@ -167,6 +167,9 @@ fn pop909_song_end_to_end() {
     assert!(four_four as f64 > 0.9 * bars.len() as f64, "{four_four} of {} bars in 4/4", bars.len());
     let segments = json["segments"].as_array().unwrap();
     assert_eq!(segments.len(), (bars.len() - 4) / 2 + 1);
+    // The song folder itself gives the same segments.
+    let direct: serde_json::Value = serde_json::from_str(&ok_stdout(&["segments", path_str(&song), "--json"])).unwrap();
+    assert_eq!(direct["segments"], json["segments"]);
     // Bar lines land on annotated downbeats: every segment starts on a time listed in beat_midi.txt.
     let beats: Vec<f64> = std::fs::read_to_string(song.join("beat_midi.txt"))
         .unwrap()

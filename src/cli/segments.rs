@@ -1,15 +1,18 @@
-//! `stylebridge segments FILE.mid`: the bar grid and the 4-bar / 2-bar-hop segments of a MIDI file.
+//! `stylebridge segments FILE.mid`: the bar grid and the 4-bar / 2-bar-hop segments of a MIDI file
+//! (or of a POP909 song folder, re-timed onto its annotated beats).
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::data::leadsheet::Pop909Song;
 use crate::data::midi;
 use crate::data::segments::{segments, Bar, Segment, SegmentSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// MIDI file to cut (bar lines from its time signatures, seconds from its tempo map).
+    /// MIDI file to cut (bar lines from its time signatures, seconds from its tempo map), or a
+    /// POP909 song folder (bar lines from its beat annotation, see `stylebridge leadsheet`).
     file: PathBuf,
     /// Bars per segment.
     #[arg(long, default_value_t = 4)]
@@ -33,7 +36,11 @@ struct Report<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let score = midi::read(&args.file)?;
+    let score = if args.file.is_dir() {
+        Pop909Song::load(&args.file).with_context(|| format!("cannot load POP909 song {}", args.file.display()))?.score
+    } else {
+        midi::read(&args.file)?
+    };
     let spec = SegmentSpec { bars: args.bars, hop: args.hop };
     let (grid, segments) = segments(&score, spec).with_context(|| format!("cannot cut {} into segments", args.file.display()))?;
     let text = if args.json {
