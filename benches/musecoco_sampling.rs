@@ -41,6 +41,9 @@ fn main() {
         tch::get_num_threads()
     );
     tch::no_grad(|| {
+        // Warm-up (thread pool, allocator) so the first timed pass does not pay for it.
+        let _ = model.forward_embeds(&soft, None, false);
+
         // Recurrent: one parallel prefill, then one O(1) step per token.
         let start = Instant::now();
         let mut state = RecurrentState::new(&cfg, 1, device);
