@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use stylebridge::data::leadsheet::{parse_chord, BeatAnnotation, Pop909Song, CHORD_PROGRAM};
+use stylebridge::data::leadsheet::{parse_chord, Pop909Song, CHORD_PROGRAM};
 use stylebridge::data::segments::{tick_to_pos, BarGrid, TempoMap};
 
 /// (bar, position in bar, program, pitch, duration in positions, velocity, beats per bar)
@@ -27,14 +27,12 @@ fn golden(song: &str) -> Vec<(Event, u32)> {
 /// without the song's last chord (BOSSA reads chords as markers and drops the last one).
 fn ours(dir: &Path) -> Vec<(Event, u32)> {
     let song = Pop909Song::load(dir).unwrap();
-    let beats = BeatAnnotation::read_pop909(&dir.join("beat_midi.txt")).unwrap();
-    let pickup_beats = usize::from(beats.times[0] > 1e-3) + beats.downbeat.iter().position(|&d| d).unwrap();
     let mut sheet = song.lead_sheet.clone();
     let last_chord = sheet.chords.iter().map(|c| c.start).max().unwrap();
     sheet.chords.retain(|c| c.start != last_chord);
     let score = sheet.to_score();
     let grid = BarGrid::from_score(&score).unwrap();
-    let first_bar = grid.bar_of_tick((pickup_beats * 480) as u32).unwrap() as i64;
+    let first_bar = song.first_downbeat_bar as i64;
     let tempo = TempoMap::new(&score);
     let mut events = Vec::new();
     for inst in &score.instruments {

@@ -420,6 +420,18 @@ impl BeatAnnotation {
         Self::new(times, if triple { simple } else { compound })
     }
 
+    /// Beats of the re-timed grid before the first downbeat: the lead-in beat, if any, and the
+    /// annotated beats before it.
+    fn pickup_beats(&self) -> usize {
+        usize::from(self.times[0] > LEAD_IN_MIN_SECONDS) + self.downbeat.iter().position(|&d| d).unwrap_or(0)
+    }
+
+    /// Index, in the bar grid of [`retime_to_beats`]'s score, of the bar at the first annotated
+    /// downbeat (BOSSA's bar 0): the pickup before it takes bars of at most 8 beats.
+    pub fn first_downbeat_bar(&self) -> usize {
+        self.pickup_beats().div_ceil(MAX_BEATS_PER_BAR)
+    }
+
     /// Bars as (first beat, beats), BOSSA's `beats_table`: a bar starts at each downbeat, and every
     /// 8 beats within an overlong bar; beats before the first downbeat are not in any bar.
     fn bars(&self) -> Vec<(usize, usize)> {
@@ -476,6 +488,7 @@ impl BeatGrid {
 /// first annotated downbeat is bar 1 when there is a pickup, bar 0 otherwise.
 pub fn retime_to_beats(score: &Score, beats: &BeatAnnotation) -> Result<Score> {
     let lead_in = beats.times[0] > LEAD_IN_MIN_SECONDS;
+    let pickup = beats.pickup_beats();
     let n = beats.times.len();
     let extension = beats.times[n - 1] + (beats.times[n - 1] - beats.times[n - 2]);
     let grid = BeatGrid {
@@ -490,7 +503,6 @@ pub fn retime_to_beats(score: &Score, beats: &BeatAnnotation) -> Result<Score> {
     // Time signatures: pickup (lead-in + beats before the first downbeat) in bars of <= 8 beats,
     // then n/4 whenever the bar length changes.
     let bars = beats.bars();
-    let pickup = offset + bars.first().map_or(0, |&(start, _)| start);
     let mut bar_list: Vec<(usize, usize)> = (0..pickup)
         .step_by(MAX_BEATS_PER_BAR)
         .map(|start| (start, MAX_BEATS_PER_BAR.min(pickup - start)))
@@ -542,6 +554,9 @@ pub struct Pop909Song {
     pub name: String,
     pub score: Score,
     pub lead_sheet: LeadSheet,
+    /// The bar where BOSSA's bar 0 (the first annotated downbeat) falls; bars before it are the
+    /// pickup. BOSSA starts its 2-bar-hop windows there.
+    pub first_downbeat_bar: usize,
 }
 
 impl Pop909Song {
@@ -564,7 +579,7 @@ impl Pop909Song {
         let chords = read_chord_file(&file("chord_midi.txt".into())?)?;
         let score = retime_to_beats(&original, &beats).with_context(|| format!("while re-timing {}", midi_path.display()))?;
         let lead_sheet = LeadSheet::from_score(&score, MELODY_TRACK, &chords).with_context(|| format!("in {}", midi_path.display()))?;
-        Ok(Self { name, score, lead_sheet })
+        Ok(Self { name, score, lead_sheet, first_downbeat_bar: beats.first_downbeat_bar() })
     }
 }
 
@@ -703,6 +718,13 @@ mod tests {
     fn overlong_bars_split_at_eight_beats() {
         let times: Vec<f64> = (0..20).map(|i| i as f64).collect();
         assert_eq!(beats(&times, &[2]).bars(), [(2, 8), (10, 8), (18, 2)]);
+        // A pickup of 10 beats (lead-in + 9) takes two bars: 8 + 2.
+        let late: Vec<f64> = (1..20).map(f64::from).collect();
+        let annotation = beats(&late, &[9]);
+        assert_eq!(annotation.first_downbeat_bar(), 2);
+        let retimed = retime_to_beats(&Score { instruments: vec![], ..song(&[], &[]) }, &annotation).unwrap();
+        let ts: Vec<(u32, u32)> = retimed.time_signatures.iter().map(|t| (t.tick, t.numerator)).collect();
+        assert_eq!(ts, [(0, 8), (8 * 480, 2), (10 * 480, 8), (18 * 480, 2)]);
     }
 
     #[test]
@@ -715,6 +737,7 @@ mod tests {
         // Lead-in beat (0-0.25 s) + 3 pickup beats = a 4/4 pickup bar, then 4/4, then a bar of 2.
         let ts: Vec<(u32, u32)> = retimed.time_signatures.iter().map(|t| (t.tick, t.numerator)).collect();
         assert_eq!(ts, [(0, 4), (8 * 480, 2)]);
+        assert_eq!(annotation.first_downbeat_bar(), 1);
         // Tempo: 0.25 s lead-in (240 bpm), 0.5 s beats (120), 1 s beats (60).
         let tempo: Vec<(u32, f64)> = retimed.tempo_changes.iter().map(|t| (t.tick, t.bpm)).collect();
         assert_eq!(tempo, [(0, 240.0), (480, 120.0), (4 * 480, 60.0)]);
@@ -737,6 +760,7 @@ mod tests {
         let retimed = retime_to_beats(&source, &annotation).unwrap();
         let ts: Vec<(u32, u32)> = retimed.time_signatures.iter().map(|t| (t.tick, t.numerator)).collect();
         assert_eq!(ts, [(0, 3), (1440, 1)]);
+        assert_eq!(annotation.first_downbeat_bar(), 0);
         assert_eq!(retimed.tempo_changes, [TempoChange { tick: 0, bpm: 120.0 }]);
         // Same tempo and beat phase: notes keep their ticks, but ends past the grid (2 s, one beat
         // after the last annotated one) clamp to its last point, 47 positions.
