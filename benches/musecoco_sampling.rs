@@ -77,7 +77,11 @@ fn main() {
         println!("  prefill of {CONTEXT} positions (parallel form): {prefill_s:.3} s");
         println!("  recurrent state:   {:8.2} tokens/s", generate as f64 / recurrent_s);
         println!("  recompute prefix:  {:8.2} tokens/s", generate as f64 / recompute_s);
-        println!("  speed-up x{:.1}; same greedy tokens: {}", recompute_s / recurrent_s, if same { "yes" } else { "NO" });
+        println!(
+            "  speed-up x{:.1}; same greedy tokens: {}",
+            recompute_s / recurrent_s,
+            if same { "yes" } else { "NO" }
+        );
         assert!(same, "the two attention forms disagree: {recurrent_tokens:?} vs {recompute_tokens:?}");
     });
 }

@@ -129,7 +129,12 @@ fn musecoco_cfg() -> MuseCocoConfig {
 }
 
 /// Save `vars` (plus `extra`) as safetensors, renaming with `rename`.
-fn save_vars(path: &Path, vars: HashMap<String, Tensor>, rename: impl Fn(&str) -> String, extra: Vec<(String, Tensor)>) {
+fn save_vars(
+    path: &Path,
+    vars: HashMap<String, Tensor>,
+    rename: impl Fn(&str) -> String,
+    extra: Vec<(String, Tensor)>,
+) {
     let mut named: Vec<(String, Tensor)> = vars.into_iter().map(|(k, v)| (rename(&k), v.detach())).collect();
     named.extend(extra);
     Tensor::write_safetensors(&named, path).unwrap();
@@ -210,11 +215,17 @@ fn build_fixtures(python: &str) -> Fixtures {
     noise(&vs1);
     save_vars(&dir.join("stage1_expected.safetensors"), vs1.variables(), str::to_string, vec![]);
     let old_name = |k: &str| {
-        k.replace("layer_norm.", "ln_audio.").replace("audio_proj", "vision_proj").replace("symbo_proj", "text_proj").replace("binary_head", "itm_head")
+        k.replace("layer_norm.", "ln_audio.")
+            .replace("audio_proj", "vision_proj")
+            .replace("symbo_proj", "text_proj")
+            .replace("binary_head", "itm_head")
     };
     let old_name = |k: &str| if k.starts_with("Qformer.") { k.to_string() } else { old_name(k) };
     let extra1 = vec![
-        ("Qformer.bert.embeddings.position_ids".to_string(), Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([1, 10])),
+        (
+            "Qformer.bert.embeddings.position_ids".to_string(),
+            Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([1, 10]),
+        ),
         ("musicgen_decoder.decoder.layers.0.fc1.weight".to_string(), Tensor::ones([4, 6], (Kind::Float, Device::Cpu))),
     ];
     save_vars(&dir.join("stage1_vars.safetensors"), vs1.variables(), old_name, extra1);
@@ -227,9 +238,17 @@ fn build_fixtures(python: &str) -> Fixtures {
     save_vars(&dir.join("stage2_expected.safetensors"), vs2.variables(), str::to_string, vec![]);
     let extra2 = vec![
         ("musecoco.decoder.embed_positions._float_tensor".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu))),
-        ("blip2qformer.musicgen_decoder.decoder.layers.0.fc1.weight".to_string(), Tensor::ones([4, 6], (Kind::Float, Device::Cpu))),
+        (
+            "blip2qformer.musicgen_decoder.decoder.layers.0.fc1.weight".to_string(),
+            Tensor::ones([4, 6], (Kind::Float, Device::Cpu)),
+        ),
     ];
-    save_vars(&dir.join("stage2_vars.safetensors"), vs2.variables(), |k| k.replace("blip2qformer.layer_norm", "blip2qformer.ln_audio"), extra2);
+    save_vars(
+        &dir.join("stage2_vars.safetensors"),
+        vs2.variables(),
+        |k| k.replace("blip2qformer.layer_norm", "blip2qformer.ln_audio"),
+        extra2,
+    );
     let status = Command::new(python).args(["-c", FIXTURES]).arg(&dir).status().unwrap();
     assert!(status.success(), "fixture script failed");
     Fixtures { dir }
@@ -244,7 +263,12 @@ fn converter_round_trips_every_format() {
 
     let mut jobs: Vec<(&str, PathBuf, PathBuf, &[&str])> = vec![
         ("bossa-stage1", d.join("bossa_stage1.pt"), d.join("out1"), &["qformer.num_attention_heads=2"]),
-        ("bossa-stage2", d.join("bossa_stage2.pt"), d.join("out2"), &["qformer.num_attention_heads=2", "musecoco.n_head=3"]),
+        (
+            "bossa-stage2",
+            d.join("bossa_stage2.pt"),
+            d.join("out2"),
+            &["qformer.num_attention_heads=2", "musecoco.n_head=3"],
+        ),
     ];
     for input in ["musicbert_args.pt", "musicbert_cfg.pt"] {
         jobs.push(("musicbert", d.join(input), d.join(format!("out_{input}")), &[]));
@@ -299,7 +323,10 @@ fn converter_round_trips_every_format() {
         let layer = "encoder.sentence_encoder.layers.1.";
         for (ours, theirs) in [
             ("Qformer.bert.encoder.layer.1.attention.self.query.weight", format!("{layer}self_attn.q_proj.weight")),
-            ("Qformer.bert.encoder.layer.1.attention.output.LayerNorm.bias", format!("{layer}self_attn_layer_norm.bias")),
+            (
+                "Qformer.bert.encoder.layer.1.attention.output.LayerNorm.bias",
+                format!("{layer}self_attn_layer_norm.bias"),
+            ),
             ("Qformer.bert.encoder.layer.1.intermediate_query.dense.weight", format!("{layer}fc1.weight")),
             ("Qformer.bert.encoder.layer.1.output_query.LayerNorm.weight", format!("{layer}final_layer_norm.weight")),
             ("Qformer.bert.embeddings.downsampling.weight", "encoder.sentence_encoder.downsampling.0.weight".into()),
@@ -327,7 +354,8 @@ fn converter_round_trips_every_format() {
             assert_eq!(got.kind(), want.kind(), "{folder} {name}");
             assert_same(name, got, want);
         }
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["model_type"], "tiny");
         let leftovers: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(leftovers.len(), 2, "only model.safetensors and config.json: {leftovers:?}");

@@ -125,7 +125,8 @@ fn base_checkpoint_without_adapters_keeps_fresh_ones() {
     // The HF port's model.safetensors before stage 2 holds no lora_* tensors.
     let cfg = MuseCocoConfig::from_json_file(&golden_dir().join("config.json")).unwrap();
     let ckpt = Checkpoint::open(&golden_dir().join("model.safetensors")).unwrap();
-    let base = ckpt.names().filter(|n| !n.contains(".lora_")).map(|n| (n.to_string(), ckpt.get(n).unwrap().shallow_clone()));
+    let base =
+        ckpt.names().filter(|n| !n.contains(".lora_")).map(|n| (n.to_string(), ckpt.get(n).unwrap().shallow_clone()));
     let base = Checkpoint::from_tensors(ckpt.origin(), base.collect::<Vec<_>>());
     let mut vs = VarStore::new(Device::Cpu);
     let _model = MuseCoco::new(vs.root(), &cfg);

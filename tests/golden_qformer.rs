@@ -81,8 +81,19 @@ fn stage_2_layout_loads_the_query_path_only() {
     // drop what stage 2 deletes, and the query pass must still match.
     let io = io();
     let ckpt = Checkpoint::open(&golden_dir().join("model.safetensors")).unwrap();
-    let dropped = ["word_embeddings", "position_embeddings.", "downsampling", ".intermediate.", ".output.dense",
-        ".output.LayerNorm", "cls.", "upsampling", "proj", "binary_head", "temp"];
+    let dropped = [
+        "word_embeddings",
+        "position_embeddings.",
+        "downsampling",
+        ".intermediate.",
+        ".output.dense",
+        ".output.LayerNorm",
+        "cls.",
+        "upsampling",
+        "proj",
+        "binary_head",
+        "temp",
+    ];
     let kept = ckpt
         .names()
         .filter(|n| !dropped.iter().any(|d| n.contains(d)) || n.contains("attention.output"))

@@ -74,7 +74,8 @@ pub fn run(args: Args) -> Result<()> {
 /// Check a safetensors file's header against its size without reading the data (a converted
 /// MusicGen-large is 13 GB); returns the number of tensors.
 fn check_safetensors(path: &Path) -> Result<usize> {
-    let bad = |why: String| anyhow::anyhow!("the converter's output {} is not valid safetensors: {why}", path.display());
+    let bad =
+        |why: String| anyhow::anyhow!("the converter's output {} is not valid safetensors: {why}", path.display());
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_len = file.metadata()?.len();
     let mut len = [0u8; 8];
@@ -85,7 +86,8 @@ fn check_safetensors(path: &Path) -> Result<usize> {
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
-    let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
     let mut end = 0;
     for (name, info) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let stop = info["data_offsets"][1].as_u64().ok_or_else(|| bad(format!("{name} has no data offsets")))?;

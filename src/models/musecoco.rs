@@ -163,7 +163,10 @@ impl RecurrentState {
         let (h, d) = (cfg.n_head, cfg.head_dim());
         let layers = (0..cfg.n_layer)
             .map(|_| {
-                (Tensor::zeros([batch, h, d, d], (Kind::Float, device)), Tensor::zeros([batch, h, d], (Kind::Float, device)))
+                (
+                    Tensor::zeros([batch, h, d, d], (Kind::Float, device)),
+                    Tensor::zeros([batch, h, d], (Kind::Float, device)),
+                )
             })
             .collect();
         Self { layers, len: 0 }
@@ -189,9 +192,8 @@ fn feature_map(x: &Tensor) -> Tensor {
 impl LinearAttention {
     fn new(p: nn::Path, cfg: &MuseCocoConfig) -> Self {
         let (c, hd) = (cfg.n_embd, cfg.n_head * cfg.head_dim());
-        let lora = cfg.use_lora.then(|| {
-            ["lora_q", "lora_k", "lora_v"].map(|name| Lora::new(&p / name, c, hd, lora::RANK))
-        });
+        let lora =
+            cfg.use_lora.then(|| ["lora_q", "lora_k", "lora_v"].map(|name| Lora::new(&p / name, c, hd, lora::RANK)));
         Self {
             q_proj: FrozenLinear::new(&p / "q_proj", c, hd, true),
             k_proj: FrozenLinear::new(&p / "k_proj", c, hd, true),
@@ -240,8 +242,8 @@ impl LinearAttention {
             let (qc, kc, vc) = (q.narrow(2, start, len), k.narrow(2, start, len), v.narrow(2, start, len));
             let scores = qc.matmul(&kc.transpose(-1, -2)).tril(0);
             let numerator = scores.matmul(&vc) + qc.matmul(&s);
-            let denominator = scores.sum_dim_intlist([-1i64].as_slice(), false, None)
-                + qc.matmul(&z.unsqueeze(-1)).squeeze_dim(-1);
+            let denominator =
+                scores.sum_dim_intlist([-1i64].as_slice(), false, None) + qc.matmul(&z.unsqueeze(-1)).squeeze_dim(-1);
             // Reference: V * (1 / (Q . cumsum(K) + eps)).
             outs.push(numerator * (denominator + ATTENTION_EPS).reciprocal().unsqueeze(-1));
             s = s + kc.transpose(-1, -2).matmul(&vc);
@@ -516,8 +518,11 @@ mod tests {
     fn rejects_layouts_it_does_not_implement() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        std::fs::write(&path, r#"{"vocab_size":20,"n_embd":12,"n_head":2,"n_layer":1,"ffn_dim":8,"norm_before":false}"#)
-            .unwrap();
+        std::fs::write(
+            &path,
+            r#"{"vocab_size":20,"n_embd":12,"n_head":2,"n_layer":1,"ffn_dim":8,"norm_before":false}"#,
+        )
+        .unwrap();
         let err = format!("{:#}", MuseCocoConfig::from_json_file(&path).unwrap_err());
         assert!(err.contains("post-LN") && err.contains("config.json"), "{err}");
         std::fs::write(&path, r#"{"vocab_size":20,"n_embd":12}"#).unwrap();

@@ -75,7 +75,8 @@ impl QFormerConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let section = value.get("qformer").cloned().with_context(|| format!("{}: no `qformer` section", path.display()))?;
+        let section =
+            value.get("qformer").cloned().with_context(|| format!("{}: no `qformer` section", path.display()))?;
         let cfg: Self = serde_path_to_error::deserialize(section)
             .with_context(|| format!("{}: not a Q-Former config", path.display()))?;
         ensure!(
@@ -326,6 +327,17 @@ impl Bert {
     /// `BertEmbeddings.forward`: notes [B, 8N] -> concat of their 8 embeddings -> `downsampling`
     /// + positions from `past_len`; queries in front; LayerNorm over both.
     fn embed(&self, notes: Option<&Tensor>, queries: Option<&Tensor>, past_len: i64, train: bool) -> Result<Tensor> {
+        if let Some(q) = queries {
+            let size = q.size();
+            ensure!(
+                size.len() == 3 && size[2] == self.cfg.hidden_size,
+                "query embeddings are {size:?}, expected [batch, queries, {}]",
+                self.cfg.hidden_size
+            );
+            if let Some(ids) = notes {
+                ensure!(ids.size()[0] == size[0], "{} note rows for {} query rows", ids.size()[0], size[0]);
+            }
+        }
         let mut parts: Vec<Tensor> = queries.into_iter().map(Tensor::shallow_clone).collect();
         if let Some(ids) = notes {
             let e = self.notes.as_ref().context("notes given to a Q-Former without its symbolic branch")?;
@@ -364,6 +376,7 @@ impl Bert {
         // Positions of notes continue after cached notes (cached queries take none).
         let past_len = past.map_or(0, |p| p[0].key.size()[2] - self.cfg.num_query_tokens).max(0);
         let x = self.embed(notes, queries.map(|q| q.embeds), past_len, train)?;
+        self.check_shapes(&x, queries, mask, past)?;
         let kind = x.kind();
         let self_mask = additive_mask(mask, -10000.0, kind)?;
         let audio_mask;
@@ -383,6 +396,36 @@ impl Bert {
             cache.push(kv);
         }
         Ok(BertOutput { hidden, cache })
+    }
+
+    /// Shape errors as messages rather than libtorch aborts: masks must cover every key, the
+    /// audio must have the width the cross-attention was built for.
+    fn check_shapes(
+        &self,
+        x: &Tensor,
+        queries: Option<Queries>,
+        mask: &Tensor,
+        past: Option<&[KeyValue]>,
+    ) -> Result<()> {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let keys = t + past.map_or(0, |p| p[0].key.size()[2]);
+        let want: Vec<i64> = if mask.dim() == 3 { vec![b, t, keys] } else { vec![b, keys] };
+        ensure!(mask.size() == want, "attention mask is {:?}, expected {want:?} (batch, [queries,] keys)", mask.size());
+        if let Some(q) = queries {
+            let audio = q.audio.size();
+            ensure!(
+                audio.len() == 3 && audio[0] == b && audio[2] == self.cfg.encoder_width,
+                "audio states are {audio:?}, expected [{b}, frames, {}]",
+                self.cfg.encoder_width
+            );
+            ensure!(
+                q.audio_mask.size() == [b, audio[1]],
+                "audio mask is {:?}, expected [{b}, {}]",
+                q.audio_mask.size(),
+                audio[1]
+            );
+        }
+        Ok(())
     }
 }
 
@@ -448,7 +491,11 @@ impl QFormer {
         });
         Self {
             bert: Bert::new(&q / "bert", cfg),
-            query_tokens: p.var("query_tokens", &[1, cfg.num_query_tokens, h], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+            query_tokens: p.var(
+                "query_tokens",
+                &[1, cfg.num_query_tokens, h],
+                nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            ),
             layer_norm: layer_norm(&p / "layer_norm", cfg.encoder_width, 1e-5),
             heads,
             prefix: p.components().map(|c| format!("{c}.")).collect(),
@@ -585,7 +632,13 @@ impl QFormer {
     /// Generation logits [B, 8N, vocab-1]: notes (`<DEC>` in place of `<s>`) attend to all
     /// queries (through the query pass's `query_cache`) and causally to earlier notes;
     /// `pad_mask` [B, N] keeps real notes. Logit row 8i+j predicts slot j of note i+1.
-    pub fn lm_logits(&self, notes: &Tensor, pad_mask: &Tensor, query_cache: &[KeyValue], train: bool) -> Result<Tensor> {
+    pub fn lm_logits(
+        &self,
+        notes: &Tensor,
+        pad_mask: &Tensor,
+        query_cache: &[KeyValue],
+        train: bool,
+    ) -> Result<Tensor> {
         let b = notes.size()[0];
         let n = pad_mask.size()[1];
         let query_keep = Tensor::ones([b, self.cfg.num_query_tokens], (pad_mask.kind(), pad_mask.device()));
@@ -683,7 +736,9 @@ mod tests {
         let names2 = vs2.variables();
         assert!(names2.contains_key("blip2qformer.Qformer.bert.embeddings.LayerNorm.weight"));
         assert!(names2.contains_key("blip2qformer.Qformer.bert.encoder.layer.0.intermediate_query.dense.weight"));
-        assert!(!names2.keys().any(|n| n.contains("word_embeddings") || n.contains(".intermediate.") || n.contains("proj")));
+        assert!(!names2
+            .keys()
+            .any(|n| n.contains("word_embeddings") || n.contains(".intermediate.") || n.contains("proj")));
     }
 
     #[test]
@@ -709,6 +764,20 @@ mod tests {
         let audio = Tensor::randn([1, 4, 6], (Kind::Float, Device::Cpu));
         let out = model.query_output(&audio, &Tensor::ones([1, 4], (Kind::Float, Device::Cpu)), false).unwrap();
         assert_eq!(out.hidden.size(), vec![1, 3, 8]);
+    }
+
+    #[test]
+    fn shape_mistakes_are_errors_not_aborts() {
+        let vs = VarStore::new(Device::Cpu);
+        let model = QFormer::new(vs.root(), &tiny(true));
+        let ones = |s: &[i64]| Tensor::ones(s, (Kind::Float, Device::Cpu));
+        let notes = Tensor::zeros([2, 16], (Kind::Int64, Device::Cpu));
+        let err = model.notes_output(&notes, &ones(&[2, 3]), false).err().unwrap();
+        assert!(err.to_string().contains("attention mask is [2, 3], expected [2, 2]"), "{err}");
+        let err = model.query_output(&ones(&[2, 4, 5]), &ones(&[2, 4]), false).err().unwrap();
+        assert!(err.to_string().contains("audio states are [2, 4, 5]"), "{err}");
+        let err = model.query_output(&ones(&[2, 4, 6]), &ones(&[2, 3]), false).err().unwrap();
+        assert!(err.to_string().contains("audio mask is [2, 3]"), "{err}");
     }
 
     #[test]
