@@ -357,11 +357,13 @@ impl Encodec {
     /// Encoder output `[batch, hidden, frames]` of audio `[batch, 1, samples]`
     /// (normalised by its RMS first when the config says so, as HF does).
     pub fn embed(&self, audio: &Tensor) -> Tensor {
-        let mut x = audio.to_kind(Kind::Float).to_device(self.vs.device());
-        if self.config.normalize {
-            let scale = x.mean_dim(1, true, Kind::Float).square().mean_dim(-1, true, Kind::Float).sqrt() + 1e-8;
-            x = x / scale;
-        }
+        let audio = audio.to_kind(Kind::Float).to_device(self.vs.device());
+        let mut x = if self.config.normalize {
+            let scale = audio.mean_dim(1, true, Kind::Float).square().mean_dim(-1, true, Kind::Float).sqrt() + 1e-8;
+            audio / scale
+        } else {
+            audio
+        };
         for layer in &self.layers {
             x = match layer {
                 Layer::Conv(conv) => conv.forward(&x, &self.padding),
@@ -399,7 +401,7 @@ impl Encodec {
                 let dist = -(residual.square().sum_dim_intlist(1, true, Kind::Float) - residual.matmul(&embed_t) * 2.0
                     + embed_t.square().sum_dim_intlist(0, true, Kind::Float));
                 let index = dist.argmax(-1, false);
-                residual = residual - embed.index_select(0, &index);
+                residual -= embed.index_select(0, &index);
                 codes.push(index.view([batch, frames]));
             }
             Ok(Tensor::stack(&codes, 1))

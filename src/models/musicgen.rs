@@ -252,7 +252,7 @@ impl MusicgenDecoder {
         // the fixed position table that transformers 4.x saved (the hub's files), checked below.
         let unused = |name: &str| match name.strip_prefix("layers.").and_then(|rest| rest.split_once('.')) {
             Some((index, rest)) => {
-                index.parse::<usize>().map_or(false, |i| i >= n_layers) || rest.starts_with("encoder_attn")
+                index.parse::<usize>().is_ok_and(|i| i >= n_layers) || rest.starts_with("encoder_attn")
             }
             None => name == POSITIONS,
         };
