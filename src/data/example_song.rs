@@ -46,7 +46,7 @@ fn melody() -> Vec<Note> {
     let mut previous: i32 = 67;
     for (bar, rhythm) in RHYTHMS.iter().enumerate() {
         let c = chord(bar);
-        let tones: Vec<i32> = (62..=81).filter(|p| c.intervals >> ((p - i32::from(c.root)).rem_euclid(12)) & 1 == 1).collect();
+        let tones: Vec<i32> = (62..=81).filter(|&p| c.sounds(p)).collect();
         let step = if bar % 2 == 0 { 2 } else { -2 };
         let mut tick = bar_start(bar as u32);
         for (k, &length) in rhythm.iter().enumerate() {

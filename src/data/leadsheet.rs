@@ -192,17 +192,21 @@ pub fn parse_chord(label: &str) -> Result<Option<Chord>, ChordError> {
 }
 
 impl Chord {
+    /// Whether the chord sounds pitch class (or any pitch) `pitch`.
+    pub fn sounds(&self, pitch: i32) -> bool {
+        self.intervals >> (pitch - i32::from(self.root)).rem_euclid(12) & 1 == 1
+    }
+
     /// BOSSA `read_chord`'s voicing: the chord's pitch classes (the bass itself only if it is a chord
     /// tone) stacked upward from the bass pitch class, in octave 4 (MIDI 48 + bass + interval) unless
     /// the lowest tone would pass B, then an octave lower. The lowest tone is always in 48..=59.
     pub fn pitches(&self) -> Vec<u8> {
         // Intervals above the bass (np.roll(bitmap, root - bass)).
-        let above_bass: Vec<u8> = (0..12u8)
-            .filter(|&i| self.intervals >> ((i + self.bass + 12 - self.root) % 12) & 1 == 1)
-            .collect();
+        let bass = self.bass % 12;
+        let above_bass: Vec<u8> = (0..12u8).filter(|&i| self.sounds(i32::from(bass + i))).collect();
         let Some(&lowest) = above_bass.first() else { return Vec::new() };
-        let register = if self.bass + lowest > 11 { 3 } else { 4 };
-        above_bass.iter().map(|&i| register * 12 + self.bass + i).collect()
+        let register = if bass + lowest > 11 { 3 } else { 4 };
+        above_bass.iter().map(|&i| register * 12 + bass + i).collect()
     }
 }
 
@@ -359,8 +363,8 @@ fn find_tracks<'a>(score: &'a Score, name: &str) -> Result<Vec<&'a Instrument>> 
 /// Beats of a song in seconds, with the downbeats marked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BeatAnnotation {
-    pub times: Vec<f64>,
-    pub downbeat: Vec<bool>,
+    times: Vec<f64>,
+    downbeat: Vec<bool>,
 }
 
 /// BOSSA's `beats_table` caps bars at 8 beats (the longest bar OctupleMIDI takes at x/4).
