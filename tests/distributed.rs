@@ -203,3 +203,24 @@ fn frozen_rank_is_named_by_the_survivor_within_the_timeout() {
         check_lost_rank("frozen_rank_is_named_by_the_survivor_within_the_timeout", 5, libc::SIGSTOP);
     }
 }
+
+fn stylebridge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stylebridge"))
+}
+
+#[test]
+fn launch_gives_each_worker_its_rank() {
+    let out = stylebridge().args(["launch", "--nproc-per-node", "2", "--", "info", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("\"version\"").count(), 2, "expected one report per worker:\n{stdout}");
+}
+
+#[test]
+fn launch_names_the_failed_worker_and_exits_non_zero() {
+    let out = stylebridge().args(["launch", "--nproc-per-node", "2", "--", "config", "/nonexistent/cfg.yaml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/nonexistent/cfg.yaml"), "the worker's own error is shown:\n{stderr}");
+    assert!(stderr.contains("error: worker rank ") && stderr.contains("exited with status 1"), "{stderr}");
+}

@@ -208,7 +208,6 @@ import datetime, site, sys
 site.addsitedir(SITE_PACKAGES)
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 def init(backend, rank, world, addr, port, timeout_s, local_rank):
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -231,8 +230,23 @@ def all_reduce_sum(flat):
 def broadcast(flat):
     dist.broadcast(flat, 0)
 
+class GatherWithGrad(torch.autograd.Function):
+    """LAVIS' GatherLayer (BOSSA utils/lavis.py): the gathered batch's gradients of every rank
+    are summed, and each rank keeps the slice of its own rows."""
+    @staticmethod
+    def forward(ctx, t):
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t)
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size(), 0)[dist.get_rank()]
+
 def all_gather(t):
-    return torch.cat(dist_nn.all_gather(t), 0)
+    return GatherWithGrad.apply(t.contiguous())
 
 def barrier():
     dist.barrier()
