@@ -100,6 +100,14 @@ fn bert_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
     nn::linear(p, in_dim, out_dim, c)
 }
 
+/// PyTorch's `nn.Linear` default init (weights and bias U(+-1/sqrt(in))): BOSSA's heads are plain
+/// `nn.Linear`s outside the BERT init.
+fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(p, in_dim, out_dim, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
 fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
 }
@@ -477,9 +485,9 @@ impl QFormer {
         let heads = cfg.symbolic.then(|| {
             let pred = &q / "cls" / "predictions";
             Heads {
-                audio_proj: nn::linear(&p / "audio_proj", h, cfg.embed_dim, Default::default()),
-                symbo_proj: nn::linear(&p / "symbo_proj", h, cfg.embed_dim, Default::default()),
-                binary_head: nn::linear(&p / "binary_head", h, 2, Default::default()),
+                audio_proj: torch_linear(&p / "audio_proj", h, cfg.embed_dim),
+                symbo_proj: torch_linear(&p / "symbo_proj", h, cfg.embed_dim),
+                binary_head: torch_linear(&p / "binary_head", h, 2),
                 temp: p.var("temp", &[], nn::Init::Const(0.07)),
                 lm: LmHead {
                     upsampling: bert_linear(&q / "upsampling", h, NOTE_WIDTH * h),
