@@ -355,9 +355,9 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     let jobs = if config.jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.jobs };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     if jobs > 1 {
-        // Parallelism comes from songs; keep libtorch from oversubscribing the cores.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads((cores / jobs).max(1) as i32);
+        // Parallelism comes from songs: one libtorch thread each, so cores are not oversubscribed
+        // (and codes do not depend on the core count).
+        tch::set_num_threads(1);
     }
     let failures: Vec<SkippedSong> = pool.install(|| {
         todo.par_iter()
