@@ -5,6 +5,7 @@ use std::process::ExitCode;
 mod audio;
 mod config;
 mod convert;
+mod corpus;
 mod info;
 mod inspect;
 mod leadsheet;
@@ -31,6 +32,8 @@ enum Command {
     Convert(convert::Args),
     /// Show the libtorch in use, whether CUDA is linked and visible, and the thread count.
     Info(info::Args),
+    /// Write the embedded style corpus (lead sheets x piano styles, MIDI + audio + manifest).
+    Corpus(corpus::Args),
     /// Render a MIDI file to audio (WAV) with a General MIDI SoundFont.
     Render(render::Args),
     /// List the 4-bar segments (2-bar hop) of a MIDI file with their ticks and seconds.
@@ -41,9 +44,9 @@ enum Command {
     Prepare(prepare::Args),
     /// Show what is inside prepared data (`inspect shards DIR`).
     Inspect(inspect::Args),
-    /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
     /// Start N training workers on this node (like `torchrun --no-python`): `launch --nproc-per-node 2 -- train cfg.yaml`.
     Launch(launch::Args),
+    /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
     Tokens(tokens::Args),
 }
 
@@ -54,17 +57,18 @@ pub fn main() -> ExitCode {
         Command::Config(args) => config::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Info(args) => info::run(args),
+        Command::Corpus(args) => corpus::run(args),
         Command::Render(args) => render::run(args),
         Command::Segments(args) => segments::run(args),
         Command::Leadsheet(args) => leadsheet::run(args),
         Command::Tokens(args) => tokens::run(args),
         Command::Prepare(args) => prepare::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Launch(args) => launch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-        Command::Launch(args) => launch::run(args),
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

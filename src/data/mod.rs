@@ -1,5 +1,6 @@
 //! Everything between files on disk and model inputs.
 pub mod audio;
+pub mod corpus;
 pub mod encodings;
 pub mod leadsheet;
 pub mod midi;

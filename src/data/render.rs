@@ -31,7 +31,8 @@ pub const RELEASE_TAIL_S: f64 = 1.0;
 pub const POP909_BAND: [(&str, u8); 3] = [("MELODY", 65), ("BRIDGE", 48), ("PIANO", 0)];
 
 /// Find the SoundFont to use: the explicit path, else `$STYLEBRIDGE_SOUNDFONT`, else
-/// `TimGM6mb.sf2` from `pretty-midi` in `$STYLEBRIDGE_VENV`, else a Debian GM SoundFont.
+/// `TimGM6mb.sf2` from `pretty-midi` in `$STYLEBRIDGE_VENV` (default `~/.cache/stylebridge/venv`),
+/// else a Debian GM SoundFont.
 pub fn resolve_soundfont(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         anyhow::ensure!(path.is_file(), "SoundFont {} does not exist", path.display());
@@ -46,7 +47,12 @@ pub fn resolve_soundfont(explicit: Option<&Path>) -> Result<PathBuf> {
         );
         return Ok(path);
     }
-    let from_venv = std::env::var_os(VENV_ENV).and_then(|venv| venv_soundfont(Path::new(&venv)));
+    // The Makefile's default virtualenv, for a binary run outside `make`.
+    let default_venv = std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/stylebridge/venv"));
+    let from_venv = std::env::var_os(VENV_ENV)
+        .map(PathBuf::from)
+        .or(default_venv)
+        .and_then(|venv| venv_soundfont(&venv));
     let system = SYSTEM_SOUNDFONTS.iter().map(PathBuf::from).find(|p| p.is_file());
     from_venv.or(system).with_context(|| {
         format!(
