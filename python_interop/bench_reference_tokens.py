@@ -67,6 +67,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bossa", required=True, type=Path, help="checkout of zhaojw1998/bossa-piano-cover-arrangement")
     ap.add_argument("--golden-out", type=Path, help="write <stem>.json with the token ids of each file here")
+    ap.add_argument("--json", action="store_true", help="print the timing as one JSON object (for benches/tokens.rs)")
     ap.add_argument("inputs", nargs="+", help="MIDI files or folders (searched for *.mid)")
     args = ap.parse_args()
     encode = load_reference(args.bossa)
@@ -84,6 +85,9 @@ def main():
     for path in files:
         notes += encode(path)[2]
     seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"songs": len(files), "notes": notes, "seconds": seconds}))
+        return
     print(f"reference (python) parse + octuple + remi: {len(files)} songs, {notes} notes in {seconds:.2f} s: "
           f"{len(files) / seconds:.1f} songs/s, {notes / seconds:.0f} notes/s")
 

@@ -121,6 +121,7 @@ fn pop909_songs() -> Option<Vec<(String, PathBuf)>> {
     let mut songs: Vec<(String, PathBuf)> = std::fs::read_dir(root().join("tests/data/golden/pop909"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| {
             let stem = p.file_stem()?.to_string_lossy().into_owned();
             let midi = base.join(&stem).join(format!("{stem}.mid"));

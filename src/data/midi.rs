@@ -11,7 +11,7 @@
 //!   channel 9 is drums; the name is the track name seen so far in that track;
 //! - tempo changes are read track after track; one at tick 0 (in any track) replaces the
 //!   whole list, a later one is appended only if its bpm differs from the last appended;
-//! - time signatures from all tracks, stably sorted by tick.
+//! - time signatures from all tracks, stably sorted by tick; a zero numerator is an error.
 //!
 //! One deviation: miditoolkit leaves the tempo list in track order, so a tempo event in a
 //! later track that precedes one of an earlier track yields an unsorted list, and the
@@ -94,8 +94,8 @@ pub enum MidiError {
     Smpte { file: String, fps: u8, subframes: u8 },
     #[error("{file}: absurd tempo: 0 microseconds per beat (track {track}, tick {tick})")]
     ZeroTempo { file: String, track: usize, tick: u64 },
-    #[error("{file}: unsupported time signature {numerator}/2^{exponent} at tick {tick}")]
-    HugeDenominator { file: String, numerator: u8, exponent: u8, tick: u64 },
+    #[error("{file}: unsupported time signature {numerator}/{denominator} at tick {tick}")]
+    BadTimeSignature { file: String, numerator: u8, denominator: String, tick: u64 },
     #[error("{file}: track {track} reaches tick {tick}, beyond the supported 2^32-1")]
     TickOverflow { file: String, track: usize, tick: u64 },
     #[error("{file}: cannot write: {detail}")]
@@ -170,11 +170,15 @@ pub fn parse_with(bytes: &[u8], name: &str, order: TempoOrder) -> Result<Score, 
                     }
                 }
                 TrackEventKind::Meta(MetaMessage::TimeSignature(numerator, exponent, _, _)) => {
-                    if exponent > 31 {
-                        return Err(MidiError::HugeDenominator {
+                    // miditoolkit refuses a zero numerator while parsing; a denominator
+                    // beyond 2^31 cannot be stored (nor encoded: the largest is 64).
+                    if numerator == 0 || exponent > 31 {
+                        let denominator =
+                            if exponent > 31 { format!("2^{exponent}") } else { (1u32 << exponent).to_string() };
+                        return Err(MidiError::BadTimeSignature {
                             file: file(),
                             numerator,
-                            exponent,
+                            denominator,
                             tick: u64::from(tick),
                         });
                     }
