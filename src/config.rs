@@ -26,6 +26,14 @@ pub struct ExperimentConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub prepare: PrepareConfig,
+    /// Stage-1 model: backbones, Q-Former shape, objectives.
+    #[serde(default)]
+    pub model: crate::train::stage1::ModelConfig,
+    /// Training loop: optimizer, schedule, precision, checkpoints, logging.
+    #[serde(default)]
+    pub train: crate::train::trainer::TrainConfig,
+    #[serde(default)]
+    pub eval: crate::eval::EvalConfig,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -311,6 +319,9 @@ mod tests {
             segments: SegmentConfig::default(),
             data: DataConfig::default(),
             prepare: PrepareConfig::default(),
+            model: Default::default(),
+            train: Default::default(),
+            eval: Default::default(),
         };
         let path = write_resolved(&cfg, &cfg.run_dir()).unwrap();
         let back: ExperimentConfig = load(&path, &[]).unwrap();

@@ -5,15 +5,17 @@ use std::process::ExitCode;
 mod audio;
 mod config;
 mod convert;
+mod eval;
 mod corpus;
 mod info;
 mod inspect;
-mod leadsheet;
 mod launch;
+mod leadsheet;
 mod prepare;
 mod render;
 mod segments;
 mod tokens;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "stylebridge", version, about = "Learn music style from audio and arrange piano in it (BOSSA on libtorch)")]
@@ -42,12 +44,16 @@ enum Command {
     Leadsheet(leadsheet::Args),
     /// Turn a corpus (POP909, or audio + MIDI + chord files) into Parquet shards of training pairs.
     Prepare(prepare::Args),
-    /// Show what is inside prepared data (`inspect shards DIR`).
-    Inspect(inspect::Args),
     /// Start N training workers on this node (like `torchrun --no-python`): `launch --nproc-per-node 2 -- train cfg.yaml`.
     Launch(launch::Args),
+    /// Show what is inside prepared data (`inspect shards DIR`).
+    Inspect(inspect::Args),
     /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
     Tokens(tokens::Args),
+    /// Stage-1 training (frozen MusicGen -> Q-Former; contrastive, matching, generation).
+    Train(train::Args),
+    /// Evaluation protocols of the paper (retrieval: Tables 2 and 3).
+    Eval(eval::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +71,8 @@ pub fn main() -> ExitCode {
         Command::Prepare(args) => prepare::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Launch(args) => launch::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,3 +7,5 @@ pub mod losses;
 pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
+pub mod stage1;
+pub mod trainer;

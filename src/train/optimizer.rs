@@ -39,10 +39,11 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Optimise every trainable variable of `vs` (frozen ones are skipped).
+    /// Optimise every trainable variable of `vs` (frozen ones are skipped), in name order: the
+    /// gradient norm sums over them, and a fixed order keeps it (and runs) reproducible.
     pub fn new(vs: &VarStore, config: AdamWConfig) -> Self {
-        let slots = vs
-            .variables()
+        let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+        let slots = variables
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .map(|(name, param)| Slot {

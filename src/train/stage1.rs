@@ -1,0 +1,552 @@
+//! Stage 1 (BOSSA `Blip2Qformer`): frozen EnCodec codes -> frozen MusicGen decoder (first
+//! layers) -> trainable LayerNorm -> Q-Former, trained with the contrastive (C), matching (M)
+//! and audio-grounded generation (G) objectives of [`super::losses`].
+//!
+//! Attention masks, as BOSSA builds them (keep-masks, 1 = attend):
+//! - unimodal (C): the queries see only each other and the audio; the notes see the notes that
+//!   are neither lead sheet nor padding ([`unimodal_keep`]); the symbolic feature is the output at
+//!   the `<s>` note that follows the lead sheet;
+//! - matching (M): queries and notes attend to each other, the lead sheet still masked out;
+//! - generation (G): `<DEC>` replaces `<s>`; notes see every query and, causally, the earlier
+//!   notes including the lead sheet ([`generation_mask`]); the queries see no notes (their
+//!   keys/values come from the query pass); labels are the piano notes and `</s>`
+//!   ([`generation_labels`]).
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use super::losses::{self, SLOT_NAMES};
+use super::trainer::{Collective, MicroLoss, Precision, Task};
+use crate::data::encodings::octuple;
+use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
+use crate::eval::retrieval::{self, Embedder, RetrievalConfig, Source};
+use crate::models::musicgen::{apply_delay_pattern, MusicgenDecoder, MusicgenDecoderConfig};
+use crate::models::qformer::{causal_mask, QFormer, QFormerConfig, NOTE_WIDTH};
+use crate::models::weights::Checkpoint;
+
+/// Which objectives are trained (the paper's Table 3 ablation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Objectives {
+    C,
+    CM,
+    CMG,
+}
+
+impl Objectives {
+    pub fn matching(self) -> bool {
+        self != Objectives::C
+    }
+    pub fn generation(self) -> bool {
+        self == Objectives::CMG
+    }
+}
+
+/// A MusicGen decoder small enough for CPU tests and the demo, built from a seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TinyMusicgen {
+    pub hidden_size: i64,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: i64,
+    pub ffn_dim: i64,
+    /// Codebook size (the pad/BOS code is this value); must match the prepared codes.
+    pub codebook_size: i64,
+    pub num_codebooks: i64,
+}
+
+impl Default for TinyMusicgen {
+    fn default() -> Self {
+        Self { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, codebook_size: 2048, num_codebooks: 4 }
+    }
+}
+
+/// Where the frozen MusicGen comes from: an HF checkpoint folder, or a tiny random one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MusicgenSource {
+    pub checkpoint: Option<PathBuf>,
+    /// Layers to run (default: BOSSA's half + 1, 25 of 48).
+    pub layers: Option<usize>,
+    pub tiny: Option<TinyMusicgen>,
+}
+
+/// The `model:` config section of stage 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub musicgen: MusicgenSource,
+    /// Q-Former shape; `encoder_width` is taken from the MusicGen checkpoint.
+    pub qformer: QFormerConfig,
+    /// MusicBERT-base converted by `stylebridge convert --format musicbert`; from scratch if unset.
+    pub musicbert: Option<PathBuf>,
+    pub objectives: Objectives,
+    /// Keep the frozen MusicGen features of every audio window seen (keyed by the window's codes,
+    /// so fresh shifts still get fresh features). Worth it only when everything fits in memory.
+    pub cache_features: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            musicgen: MusicgenSource::default(),
+            qformer: QFormerConfig::default(),
+            musicbert: None,
+            objectives: Objectives::CMG,
+            cache_features: false,
+        }
+    }
+}
+
+impl PartialEq for ModelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // QFormerConfig has no PartialEq; compare through its serialized form.
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+/// Notes the unimodal and matching passes attend to: real notes that are not lead sheet.
+pub fn unimodal_keep(is_lead_sheet: &Tensor, is_real: &Tensor) -> Tensor {
+    (1.0 - is_lead_sheet.to_kind(Kind::Float)) * is_real.to_kind(Kind::Float)
+}
+
+/// The generation pass's keep-mask [B, N, Q + N]: every query, then causal over real notes.
+pub fn generation_mask(is_real: &Tensor, num_queries: i64) -> Tensor {
+    let (b, n) = is_real.size2().expect("is_real is [batch, notes]");
+    let queries = Tensor::ones([b, num_queries], (Kind::Float, is_real.device()));
+    causal_mask(&Tensor::cat(&[queries, is_real.to_kind(Kind::Float)], 1), n, false)
+}
+
+/// Generation input and labels [B, 8N]: `<s>` becomes `<DEC>`; labels keep the piano notes and
+/// `</s>` (lead sheet, padding and `<DEC>` get [`losses::IGNORE`]).
+pub fn generation_labels(tokens: &Tensor, is_lead_sheet: &Tensor, is_real: &Tensor) -> (Tensor, Tensor) {
+    let input = tokens.masked_fill(&tokens.eq(octuple::BOS as i64), octuple::DEC as i64);
+    let keep = unimodal_keep(is_lead_sheet, is_real).repeat_interleave_self_int(NOTE_WIDTH, Some(1), None).gt(0.5);
+    let labelled = keep.logical_and(&input.ne(octuple::DEC as i64));
+    let labels = input.where_self(&labelled, &Tensor::from(losses::IGNORE).to_device(tokens.device()));
+    (input, labels)
+}
+
+/// Per-step keep-mask of the delayed codes [B, frames + K]: a frame's mask, and for the K
+/// trailing delay steps the mask of the last frame (BOSSA masks the tail of padded windows).
+fn step_mask(frame_mask: &Tensor, k: i64) -> Tensor {
+    let last = frame_mask.narrow(1, frame_mask.size()[1] - 1, 1).repeat([1, k]);
+    Tensor::cat(&[frame_mask.shallow_clone(), last], 1)
+}
+
+/// A stage-1 batch as tensors on the model's device.
+pub struct Inputs {
+    pub codes: Tensor,
+    pub audio_mask: Tensor,
+    pub tokens: Tensor,
+    pub is_lead_sheet: Tensor,
+    pub is_real: Tensor,
+}
+
+impl Inputs {
+    pub fn from_batch(batch: &Batch, device: Device) -> Result<Self> {
+        let Symbolic::Stage1 { notes, tokens, is_lead_sheet, is_real } = &batch.symbolic else {
+            bail!("stage 1 needs OctupleMIDI batches (the loader was built for stage 2)");
+        };
+        let b = batch.len() as i64;
+        let (n_q, frames, notes) = (batch.n_q as i64, batch.frames as i64, *notes as i64);
+        let mask = |v: &[u8], cols: i64| Tensor::from_slice(v).view([b, cols]).to_kind(Kind::Float).to_device(device);
+        Ok(Self {
+            codes: Tensor::from_slice(&batch.codes).view([b, n_q, frames]).to_device(device),
+            audio_mask: mask(&batch.audio_mask, frames),
+            tokens: Tensor::from_slice(tokens).view([b, notes * NOTE_WIDTH]).to_device(device),
+            is_lead_sheet: mask(is_lead_sheet, notes),
+            is_real: mask(is_real, notes),
+        })
+    }
+}
+
+/// The losses of one forward pass.
+pub struct Stage1Losses {
+    pub total: Tensor,
+    pub contrastive: Tensor,
+    pub matching: Option<Tensor>,
+    pub generation: Option<(Tensor, Tensor)>,
+}
+
+impl Stage1Losses {
+    pub fn parts(&self) -> Vec<(String, f64)> {
+        let mut out = vec![("loss".to_string(), self.total.double_value(&[])), ("loss/contrastive".into(), self.contrastive.double_value(&[]))];
+        if let Some(m) = &self.matching {
+            out.push(("loss/matching".into(), m.double_value(&[])));
+        }
+        if let Some((g, slots)) = &self.generation {
+            out.push(("loss/generation".into(), g.double_value(&[])));
+            let slots = Vec::<f64>::try_from(slots.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default();
+            out.extend(SLOT_NAMES.iter().zip(slots).map(|(name, v)| (format!("loss/generation/{name}"), v)));
+        }
+        out
+    }
+}
+
+pub struct Stage1Model {
+    musicgen: MusicgenDecoder,
+    /// The trainable part: Q-Former, its heads and the LayerNorm on the audio states.
+    pub vs: VarStore,
+    pub qformer: QFormer,
+    objectives: Objectives,
+    precision: Precision,
+    cache: Option<HashMap<u64, Tensor>>,
+}
+
+impl Stage1Model {
+    /// Build the model: MusicGen from its checkpoint (or tiny, from `seed`), the Q-Former from
+    /// MusicBERT (or from scratch, from `seed`).
+    pub fn new(cfg: &ModelConfig, precision: Precision, device: Device, seed: u64) -> Result<Self> {
+        let kind = precision.compute_kind();
+        let musicgen = match (&cfg.musicgen.checkpoint, &cfg.musicgen.tiny) {
+            (Some(dir), None) => MusicgenDecoder::load(dir, cfg.musicgen.layers, device, kind)
+                .with_context(|| format!("cannot load the MusicGen checkpoint {}", dir.display()))?,
+            (None, Some(tiny)) => {
+                tch::manual_seed(seed as i64);
+                let config = MusicgenDecoderConfig {
+                    vocab_size: tiny.codebook_size,
+                    hidden_size: tiny.hidden_size,
+                    num_hidden_layers: tiny.num_hidden_layers,
+                    num_attention_heads: tiny.num_attention_heads,
+                    ffn_dim: tiny.ffn_dim,
+                    num_codebooks: tiny.num_codebooks,
+                    pad_token_id: Some(tiny.codebook_size),
+                    ..Default::default()
+                };
+                let layers = cfg.musicgen.layers.unwrap_or_else(|| config.bossa_layers());
+                let model = MusicgenDecoder::new(VarStore::new(device), config, layers)?;
+                // Initialised in fp32 (the same tiny model at every precision), then frozen and
+                // cast in place, as `MusicgenDecoder::load` leaves a real checkpoint.
+                for (_, mut var) in model.var_store().variables() {
+                    let _ = var.set_requires_grad(false);
+                    var.set_data(&var.to_kind(kind));
+                }
+                model
+            }
+            (Some(_), Some(_)) => bail!("model.musicgen: give either `checkpoint` or `tiny`, not both"),
+            (None, None) => bail!("model.musicgen: give `checkpoint` (an HF MusicGen folder) or `tiny` (a small random decoder)"),
+        };
+        let mut qcfg = cfg.qformer.clone();
+        qcfg.encoder_width = musicgen.config().hidden_size;
+        qcfg.symbolic = true;
+        ensure!(
+            qcfg.hidden_size % qcfg.num_attention_heads.max(1) == 0,
+            "model.qformer: hidden_size {} is not a multiple of num_attention_heads {}",
+            qcfg.hidden_size,
+            qcfg.num_attention_heads
+        );
+        tch::manual_seed(seed.wrapping_add(1) as i64);
+        let vs = VarStore::new(device);
+        let qformer = QFormer::new(vs.root(), &qcfg);
+        if let Some(path) = &cfg.musicbert {
+            let ckpt = Checkpoint::open(path).with_context(|| format!("cannot open the MusicBERT checkpoint {}", path.display()))?;
+            qformer.init_from_musicbert(&vs, &ckpt)?;
+        }
+        Ok(Self { musicgen, vs, qformer, objectives: cfg.objectives, precision, cache: cfg.cache_features.then(HashMap::new) })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn musicgen_config(&self) -> &MusicgenDecoderConfig {
+        self.musicgen.config()
+    }
+
+    /// Frozen MusicGen features [B, frames + K, W] in fp32, from the cache where possible.
+    fn audio_states(&mut self, codes: &Tensor) -> Result<Tensor> {
+        let run = |musicgen: &MusicgenDecoder, codes: &Tensor| -> Result<Tensor> {
+            let delayed = apply_delay_pattern(codes, musicgen.config().pad_token())?;
+            Ok(tch::no_grad(|| musicgen.features(&delayed))?.to_kind(Kind::Float))
+        };
+        let Some(cache) = self.cache.as_mut() else { return run(&self.musicgen, codes) };
+        let b = codes.size()[0];
+        let keys: Vec<u64> = (0..b)
+            .map(|i| {
+                let row = Vec::<i64>::try_from(codes.get(i).reshape([-1]).to_device(Device::Cpu)).unwrap_or_default();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                row.hash(&mut h);
+                h.finish()
+            })
+            .collect();
+        let missing: Vec<i64> = (0..b).filter(|&i| !cache.contains_key(&keys[i as usize])).collect();
+        if !missing.is_empty() {
+            let index = Tensor::from_slice(&missing).to_device(codes.device());
+            let fresh = run(&self.musicgen, &codes.index_select(0, &index))?;
+            for (j, &i) in missing.iter().enumerate() {
+                cache.insert(keys[i as usize], fresh.get(j as i64));
+            }
+        }
+        Ok(Tensor::stack(&keys.iter().map(|k| cache[k].shallow_clone()).collect::<Vec<_>>(), 0))
+    }
+
+    /// Audio embeddings (after the trainable LayerNorm) and their step keep-mask.
+    fn audio(&mut self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
+        let k = inputs.codes.size()[1];
+        let states = self.audio_states(&inputs.codes)?;
+        Ok((self.qformer.audio_embeds(&states), step_mask(&inputs.audio_mask, k)))
+    }
+
+    /// The three losses of one batch (`train` switches dropout on).
+    pub fn losses(&mut self, inputs: &Inputs, collective: &dyn Collective, train: bool) -> Result<Stage1Losses> {
+        let (audio_embeds, audio_mask) = self.audio(inputs)?;
+        let autocast = self.precision == Precision::Fp16 && self.device().is_cuda();
+        tch::autocast(autocast, || self.losses_from_audio(inputs, &audio_embeds, &audio_mask, collective, train))
+    }
+
+    fn losses_from_audio(
+        &self,
+        inputs: &Inputs,
+        audio_embeds: &Tensor,
+        audio_mask: &Tensor,
+        collective: &dyn Collective,
+        train: bool,
+    ) -> Result<Stage1Losses> {
+        let q = &self.qformer;
+        let b = inputs.tokens.size()[0];
+        let keep = unimodal_keep(&inputs.is_lead_sheet, &inputs.is_real);
+        let query_out = q.query_output(audio_embeds, audio_mask, train)?;
+        let audio_feats = q.audio_features(&query_out.hidden)?;
+        let sos = inputs.is_lead_sheet.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
+        let notes_out = q.notes_output(&inputs.tokens, &keep, train)?;
+        let symbolic_feats = q.symbolic_features(&notes_out.hidden, &sos)?;
+
+        let offset = (collective.rank() as i64) * b;
+        let audio_all = collective.all_gather(&audio_feats)?;
+        let symbolic_all = collective.all_gather(&symbolic_feats)?;
+        let (sim_a2s, sim_s2a) = losses::similarities(&audio_feats, &symbolic_feats, &audio_all, &symbolic_all, q.temp()?);
+        let contrastive = losses::contrastive(&sim_a2s, &sim_s2a, offset);
+        let mut total = contrastive.shallow_clone();
+
+        let matching = if self.objectives.matching() {
+            // Negatives come from every rank's batch (BOSSA gathers ids, masks and audio).
+            let tokens_world = collective.all_gather(&inputs.tokens)?;
+            let keep_world = collective.all_gather(&keep)?;
+            let audio_world = collective.all_gather(audio_embeds)?;
+            let audio_mask_world = collective.all_gather(audio_mask)?;
+            let neg_audio = losses::hard_negatives(&sim_s2a, offset).to_device(self.device());
+            let neg_notes = losses::hard_negatives(&sim_a2s, offset).to_device(self.device());
+            let notes_all = Tensor::cat(&[&inputs.tokens, &inputs.tokens, &tokens_world.index_select(0, &neg_notes)], 0);
+            let keep_all = Tensor::cat(&[&keep, &keep, &keep_world.index_select(0, &neg_notes)], 0);
+            let audio_all = Tensor::cat(&[audio_embeds, &audio_world.index_select(0, &neg_audio), audio_embeds], 0);
+            let audio_mask_all = Tensor::cat(&[audio_mask, &audio_mask_world.index_select(0, &neg_audio), audio_mask], 0);
+            let logits = q.matching_logits(&notes_all, &keep_all, &audio_all, &audio_mask_all, train)?;
+            let loss = losses::matching(&logits);
+            total = total + &loss;
+            Some(loss)
+        } else {
+            None
+        };
+
+        let generation = if self.objectives.generation() {
+            let (input, labels) = generation_labels(&inputs.tokens, &inputs.is_lead_sheet, &inputs.is_real);
+            let logits = q.lm_logits(&input, &inputs.is_real, &query_out.cache, train)?;
+            let (loss, slots) = losses::generation(&logits, &labels);
+            total = total + &loss;
+            Some((loss, slots))
+        } else {
+            None
+        };
+        Ok(Stage1Losses { total, contrastive, matching, generation })
+    }
+
+    /// Retrieval features (eval mode): audio [B, Q, D] and symbolic [B, D].
+    pub fn features(&mut self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
+        let (audio_embeds, audio_mask) = self.audio(inputs)?;
+        let q = &self.qformer;
+        let audio = q.audio_features(&q.query_output(&audio_embeds, &audio_mask, false)?.hidden)?;
+        let keep = unimodal_keep(&inputs.is_lead_sheet, &inputs.is_real);
+        let sos = inputs.is_lead_sheet.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
+        let symbolic = q.symbolic_features(&q.notes_output(&inputs.tokens, &keep, false)?.hidden, &sos)?;
+        Ok((audio, symbolic))
+    }
+
+    /// Check that the prepared data fits the model: codebooks, pad code, notes per sequence.
+    pub fn check_data(&self, set: &PairSet, options: &LoaderOptions, origin: &str) -> Result<()> {
+        let mg = self.musicgen.config();
+        ensure!(
+            set.layout.n_q as i64 == mg.num_codebooks,
+            "{origin}: the codes have {} codebooks, the MusicGen decoder {}",
+            set.layout.n_q,
+            mg.num_codebooks
+        );
+        ensure!(
+            i64::from(set.layout.pad_code) == mg.pad_token(),
+            "{origin}: the codes' pad code is {} (codebook size), MusicGen's is {}; the EnCodec and MusicGen checkpoints do not match",
+            set.layout.pad_code,
+            mg.pad_token()
+        );
+        let positions = self.qformer.config().max_position_embeddings;
+        ensure!(
+            (options.max_notes as i64) <= positions,
+            "data.max_notes = {} exceeds the Q-Former's {positions} positions (model.qformer.max_position_embeddings)",
+            options.max_notes
+        );
+        Ok(())
+    }
+}
+
+impl Embedder for Stage1Model {
+    fn embed(&mut self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let inputs = Inputs::from_batch(batch, self.device())?;
+        self.features(&inputs)
+    }
+}
+
+/// Stage 1 as a [`Task`] for the trainer.
+pub struct Stage1Task<'a> {
+    pub model: Stage1Model,
+    train: Loader,
+    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    retrieval: RetrievalConfig,
+    collective: &'a dyn Collective,
+    seed: u64,
+}
+
+impl<'a> Stage1Task<'a> {
+    pub fn new(
+        model: Stage1Model,
+        train: Loader,
+        valid: Option<(Arc<PairSet>, LoaderOptions)>,
+        retrieval: RetrievalConfig,
+        collective: &'a dyn Collective,
+        seed: u64,
+    ) -> Self {
+        Self { model, train, valid, retrieval, collective, seed }
+    }
+}
+
+impl Task for Stage1Task<'_> {
+    type Batch = Batch;
+
+    fn var_store(&self) -> &VarStore {
+        &self.model.vs
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.batches_per_epoch()
+    }
+
+    fn batch_samples(&self, batch: &Batch) -> usize {
+        batch.len()
+    }
+
+    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(self.train.batches(epoch, start))
+    }
+
+    fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
+        let inputs = Inputs::from_batch(batch, self.model.device())?;
+        let losses = self.model.losses(&inputs, self.collective, true)?;
+        Ok(MicroLoss { parts: losses.parts(), total: losses.total })
+    }
+
+    /// Validation loss (centred windows, no transposition, fixed hard-negative draws) and one
+    /// retrieval run over up to `eval.retrieval.queries` validation pairs.
+    fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
+        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
+        let loader = Loader::new(Arc::clone(set), options.clone())?;
+        let mut sums: Vec<(String, f64)> = Vec::new();
+        let mut count = 0usize;
+        for (i, batch) in loader.batches(0, 0).take(max_batches.unwrap_or(usize::MAX)).enumerate() {
+            tch::manual_seed(super::trainer::step_seed(self.seed, u64::MAX, i as u64));
+            let inputs = Inputs::from_batch(&batch, self.model.device())?;
+            let parts = tch::no_grad(|| self.model.losses(&inputs, self.collective, false))?.parts();
+            if sums.is_empty() {
+                sums = parts.iter().map(|(k, _)| (format!("val/{k}"), 0.0)).collect();
+            }
+            for (sum, (_, v)) in sums.iter_mut().zip(&parts) {
+                sum.1 += v;
+            }
+            count += 1;
+        }
+        for sum in &mut sums {
+            sum.1 /= count.max(1) as f64;
+        }
+        let queries = self.retrieval.queries.min(set.rows.len());
+        if queries >= 2 {
+            let cfg = RetrievalConfig { runs: 1, queries, mix: Default::default(), ..self.retrieval.clone() };
+            let source = [Source { name: "valid".into(), set: Arc::clone(set) }];
+            let report = retrieval::evaluate(&mut self.model, &source, &cfg, options, "current")?;
+            if let Some(row) = report.rows.iter().find(|r| r.model != "random guess" && !r.transposed) {
+                let s = &row.summary;
+                sums.extend([
+                    ("val/retrieval_acc1".to_string(), s.acc1.mean),
+                    ("val/retrieval_acc5".to_string(), s.acc5.mean),
+                    ("val/retrieval_mean_rank".to_string(), s.mean_rank.mean),
+                    ("val/retrieval_queries".to_string(), queries as f64),
+                ]);
+            }
+        }
+        Ok(sums)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).unwrap()
+    }
+
+    #[test]
+    fn unimodal_keep_drops_lead_sheet_and_padding() {
+        // 2 lead notes, <s>, 2 piano, </s>, 2 pad.
+        let lead = Tensor::from_slice(&[1u8, 1, 0, 0, 0, 0, 0, 0]).view([1, 8]);
+        let real = Tensor::from_slice(&[1u8, 1, 1, 1, 1, 1, 0, 0]).view([1, 8]);
+        assert_eq!(v(&unimodal_keep(&lead, &real)), vec![0., 0., 1., 1., 1., 1., 0., 0.]);
+    }
+
+    #[test]
+    fn generation_mask_position_by_position() {
+        // 2 queries; notes: lead, <DEC>, piano, pad.
+        let real = Tensor::from_slice(&[1u8, 1, 1, 0]).view([1, 4]);
+        let m = generation_mask(&real, 2);
+        assert_eq!(m.size(), vec![1, 4, 6]);
+        let m = v(&m);
+        for note in 0..4 {
+            for key in 0..6 {
+                let want = if key < 2 { 1.0 } else { let k = key - 2; if k <= note && k < 3 { 1.0 } else { 0.0 } };
+                assert_eq!(m[note * 6 + key], want, "note {note} key {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn generation_labels_keep_piano_and_eos_only() {
+        // Notes: lead (ids 10..), <s>, piano (20..), </s>, pad.
+        let mut ids = vec![];
+        ids.extend([10i64; 8]);
+        ids.extend([0i64; 8]);
+        ids.extend([20i64; 8]);
+        ids.extend([2i64; 8]);
+        ids.extend([1i64; 8]);
+        let tokens = Tensor::from_slice(&ids).view([1, 40]);
+        let lead = Tensor::from_slice(&[1u8, 0, 0, 0, 0]).view([1, 5]);
+        let real = Tensor::from_slice(&[1u8, 1, 1, 1, 0]).view([1, 5]);
+        let (input, labels) = generation_labels(&tokens, &lead, &real);
+        let input = Vec::<i64>::try_from(input.reshape([-1])).unwrap();
+        let labels = Vec::<i64>::try_from(labels.reshape([-1])).unwrap();
+        assert_eq!(&input[8..16], &[1237; 8], "<s> becomes <DEC>");
+        assert_eq!(&input[0..8], &[10; 8]);
+        for (i, &l) in labels.iter().enumerate() {
+            let want = match i / 8 {
+                2 => 20,
+                3 => 2,
+                _ => losses::IGNORE,
+            };
+            assert_eq!(l, want, "position {i}");
+        }
+    }
+
+    #[test]
+    fn step_mask_extends_the_last_frame() {
+        let frames = Tensor::from_slice(&[1.0f32, 1., 0.]).view([1, 3]);
+        assert_eq!(v(&step_mask(&frames, 2)), vec![1., 1., 0., 0., 0.]);
+    }
+}

@@ -1,0 +1,236 @@
+//! `stylebridge train` and `stylebridge eval retrieval` end to end on synthetic shards with tiny
+//! backbones: the run writes metrics and checkpoints, a run killed with SIGKILL and resumed ends
+//! bitwise equal to an uninterrupted one, bad configs fail with clear errors, and the retrieval
+//! report comes out.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use stylebridge::data::shards::{write_split, AudioLayout, Manifest, PairRow, SplitCount, SCHEMA_VERSION};
+use stylebridge::data::split::Split;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stylebridge");
+const CODEBOOK: u16 = 32;
+
+/// One synthetic pair: codes and notes both derived from a per-song "style" id.
+fn pair(song: usize, segment: u32, split: Split) -> PairRow {
+    let style = (song % 4) as u16;
+    let stored = 16 + 2 * 2;
+    let codes = (0..4 * stored).map(|i| (style * 7 + (i as u16 % 5) + segment as u16) % CODEBOOK).collect();
+    // OctupleMIDI note: bar, position, program, pitch, duration, velocity, time sig, tempo.
+    let note = |bar: u16, pos: u16, pitch: u16| vec![4 + bar, 260 + pos, 388, 517 + pitch, 773 + 4, 901 + 20, 933 + 10, 1187 + 20];
+    let lead: Vec<u16> = (0..2).flat_map(|i| note(i, 0, 72 + style)).collect();
+    let piano: Vec<u16> = (0..3 + style).flat_map(|i| note(i % 4, 12 * style, 48 + 4 * i + style)).collect();
+    PairRow {
+        song_id: format!("song{song}"),
+        split,
+        segment_index: segment,
+        first_bar: 2 * segment,
+        end_bar: 2 * segment + 4,
+        start_seconds: 4.0 * segment as f64,
+        end_seconds: 4.0 * segment as f64 + 8.0,
+        meter_numerator: 4,
+        meter_denominator: 4,
+        tempo_bpm: 120.0,
+        codes_start_frame: 0,
+        codes,
+        lead_octuple: lead,
+        piano_octuple: piano,
+        lead_remi: vec![],
+        piano_remi: vec![],
+        audio_path: format!("song{song}.wav"),
+        midi_path: format!("song{song}.mid"),
+        lead_sheet_path: format!("song{song}.chords.txt"),
+    }
+}
+
+fn write_shards(dir: &Path, train: usize, valid: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let layout = AudioLayout {
+        sample_rate: 32000,
+        frame_rate: 50.0,
+        n_q: 4,
+        pad_code: CODEBOOK,
+        window_frames: 16,
+        margin_frames: 2,
+        encodec: "synthetic".into(),
+    };
+    let mut shards = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut songs = std::collections::BTreeMap::new();
+    for (split, n, first) in [(Split::Train, train, 0), (Split::Valid, valid, 1000), (Split::Test, valid, 2000)] {
+        let rows: Vec<PairRow> = (0..n).map(|i| pair(first + i / 2, (i % 2) as u32, split)).collect();
+        shards.extend(write_split(dir, split, &rows, 1 << 20).unwrap());
+        let names: Vec<String> = rows.iter().map(|r| r.song_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        counts.insert(split, SplitCount { songs: names.len(), rows: n });
+        songs.insert(split, names);
+    }
+    let manifest =
+        Manifest { schema_version: SCHEMA_VERSION, audio: layout, counts, songs, shards, skipped: vec![], config: serde_json::Value::Null };
+    manifest.write(dir).unwrap();
+}
+
+fn config(dir: &Path, name: &str, steps_epochs: u64) -> PathBuf {
+    let text = format!(
+        r#"name: {name}
+seed: 3
+output_dir: {out}
+data:
+  shards: {shards}
+  max_notes: 12
+  shift_seconds: 0.04
+  workers: 1
+  prefetch: 2
+model:
+  musicgen:
+    tiny: {{hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 32, codebook_size: {CODEBOOK}}}
+  qformer: {{hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, num_query_tokens: 4, embed_dim: 8, max_position_embeddings: 64}}
+  objectives: CMG
+train:
+  epochs: {steps_epochs}
+  batch_size: 4
+  precision: fp32
+  device: cpu
+  threads: 1
+  log_every: 1
+  eval_every: 5
+  checkpoint_every: 2
+  keep_last: 2
+  schedule: {{peak_lr: 0.001, floor_lr: 0.0001, warmup_steps: 2}}
+eval:
+  retrieval: {{runs: 2, queries: 6, batch_size: 4}}
+"#,
+        out = dir.display(),
+        shards = dir.join("shards").display()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("STYLEBRIDGE_PROGRESS_SECS", "3600").output().unwrap()
+}
+
+fn latest(run_dir: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(run_dir.join("checkpoints/latest")).ok()?;
+    Some(run_dir.join("checkpoints").join(name.trim()))
+}
+
+fn file(path: PathBuf) -> Vec<u8> {
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn train_writes_metrics_and_checkpoints_and_eval_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 16, 8);
+    let cfg = config(dir.path(), "small", 2);
+    let out = run(&["train", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
+    let run_dir = dir.path().join("small");
+    // 16 rows / batch 4 = 4 steps per epoch, 2 epochs.
+    let last = latest(&run_dir).unwrap();
+    assert!(last.ends_with("step-00000008"), "{}", last.display());
+    for f in ["model.safetensors", "optimizer.safetensors", "scaler.safetensors", "state.json", "config.resolved.yaml"] {
+        assert!(last.join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for key in ["loss/contrastive", "loss/matching", "loss/generation", "loss/generation/pch", "lr", "grad_norm", "samples_per_s", "memory_peak_mib"] {
+        assert!(lines[0].get(key).is_some_and(|v| v.is_number()), "no {key} in {}", lines[0]);
+    }
+    assert!(lines.iter().any(|l| l.get("val/retrieval_acc1").is_some()), "no validation retrieval figures");
+    assert!(std::fs::read_dir(&run_dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("events.out.tfevents")));
+
+    // Training again into the same folder without --resume is refused.
+    let again = run(&["train", cfg.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+
+    let report_dir = dir.path().join("report");
+    let out = run(&[
+        "eval",
+        "retrieval",
+        "--checkpoint",
+        run_dir.to_str().unwrap(),
+        "--data",
+        dir.path().join("shards").to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "eval failed: {}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(report_dir.join("retrieval.md")).unwrap();
+    assert!(md.contains("random guess") && md.contains("Tie rule"), "{md}");
+    let json: serde_json::Value = serde_json::from_slice(&file(report_dir.join("retrieval.json"))).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "random, untransposed, transposed");
+    assert_eq!(rows[1]["queries"], 6);
+    assert_eq!(rows[1]["summary"]["runs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 24, 4);
+    // 6 steps per epoch x 4 epochs.
+    let full_cfg = config(dir.path(), "full", 4);
+    let out = run(&["train", full_cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let full_last = latest(&dir.path().join("full")).unwrap();
+    assert!(full_last.ends_with("step-00000024"));
+
+    let cut_cfg = config(dir.path(), "cut", 4);
+    let cut_dir = dir.path().join("cut");
+    let mut child = Command::new(BIN)
+        .args(["train", cut_cfg.to_str().unwrap()])
+        .env("STYLEBRIDGE_PROGRESS_SECS", "3600")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if latest(&cut_dir).is_some() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint was seen");
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    let killed_at = latest(&cut_dir).unwrap();
+    assert!(!status.success() && !killed_at.ends_with("step-00000024"), "the kill came after the run finished");
+
+    let out = run(&["train", cut_cfg.to_str().unwrap(), "--resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+    let cut_last = latest(&cut_dir).unwrap();
+    assert!(cut_last.ends_with("step-00000024"));
+    for f in ["model.safetensors", "optimizer.safetensors", "scaler.safetensors"] {
+        assert!(file(cut_last.join(f)) == file(full_last.join(f)), "{f} differs after kill + resume (killed at {})", killed_at.display());
+    }
+}
+
+#[test]
+fn configs_that_do_not_fit_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 8, 4);
+    let cfg = config(dir.path(), "bad", 1);
+    let cases: [(&[&str], &str); 4] = [
+        (&["--set", "train.batch_size=64"], "micro-batches per epoch"),
+        (&["--set", "train.batch_size=3", "--set", "train.grad_accum=2"], "does not split"),
+        (&["--set", "model.musicgen.tiny.codebook_size=64"], "pad code"),
+        (&["--set", "train.lr=1"], "unknown field `lr`"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["train", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        let _ = std::fs::remove_dir_all(dir.path().join("bad"));
+    }
+    let missing = run(&["train", cfg.to_str().unwrap(), "--set", &format!("data.shards={}", dir.path().join("nope").display())]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("manifest.json"), "{}", String::from_utf8_lossy(&missing.stderr));
+}
