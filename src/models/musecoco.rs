@@ -189,6 +189,9 @@ fn feature_map(x: &Tensor) -> Tensor {
     x.elu() + 1.0
 }
 
+// Tensor updates stay out of place (`x = x + y`): tch's `+=` writes in place, which would
+// corrupt the caller's state and tensors autograd still needs.
+#[allow(clippy::assign_op_pattern)]
 impl LinearAttention {
     fn new(p: nn::Path, cfg: &MuseCocoConfig) -> Self {
         let (c, hd) = (cfg.n_embd, cfg.n_head * cfg.head_dim());
