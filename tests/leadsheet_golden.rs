@@ -2,7 +2,6 @@
 //! in tests/data/bossa_leadsheet/ hold the reference's lead-sheet events for three songs (triple
 //! meter; 7 tempo changes; irregular beats; skipped when ../shared/data/pop909 is absent), and
 //! `read_chord`'s voicing of every chord label POP909 uses.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use stylebridge::data::leadsheet::{parse_chord, Pop909Song, CHORD_PROGRAM};

@@ -36,12 +36,15 @@ pub enum GridError {
 /// The reference's `time_signature_reduce`: halve both terms while the denominator exceeds 64, then
 /// split a numerator longer than 2 bars' worth (e.g. 9/4 becomes 3/4) by its smallest factor.
 pub fn time_signature_reduce(mut numerator: u32, mut denominator: u32) -> (u32, u32) {
-    while denominator > MAX_TS_DENOMINATOR && denominator % 2 == 0 && numerator % 2 == 0 {
+    if denominator == 0 {
+        return (numerator, denominator); // not a signature; callers reject it
+    }
+    while denominator > MAX_TS_DENOMINATOR && denominator.is_multiple_of(2) && numerator.is_multiple_of(2) {
         denominator /= 2;
         numerator /= 2;
     }
     while numerator > MAX_BEATS_PER_BAR_FACTOR * denominator {
-        let factor = (2..=numerator).find(|i| numerator % i == 0).unwrap_or(numerator);
+        let factor = (2..=numerator).find(|&i| numerator.is_multiple_of(i)).unwrap_or(numerator);
         numerator /= factor;
     }
     (numerator, denominator)
@@ -321,6 +324,7 @@ mod tests {
         assert_eq!(time_signature_reduce(9, 4), (3, 4));
         assert_eq!(time_signature_reduce(4, 128), (2, 64));
         assert_eq!(time_signature_reduce(25, 8), (5, 8));
+        assert_eq!(time_signature_reduce(3, 0), (3, 0));
     }
 
     #[test]
