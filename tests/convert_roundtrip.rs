@@ -367,20 +367,26 @@ fn converter_refuses_bad_input_with_clear_errors() {
     let Some(python) = python() else { return };
     let f = fixtures(&python);
     let d = f.dir.as_path();
+    // stdout and stderr together: the refused pickle's command would have printed to stdout.
     let stderr = |o: std::process::Output| {
         assert!(!o.status.success());
-        String::from_utf8_lossy(&o.stderr).to_string()
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
     };
-    let err = stderr(convert("musicbert", &d.join("evil.pt"), &d.join("out_evil"), &[]));
+    let spawn = |format: &str, input: &str, out: &str| {
+        let mut cmd = convert_command(format, &d.join(input), &d.join(out), &[]);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (evil, wrong) =
+        (spawn("musicbert", "evil.pt", "out_evil"), spawn("bossa-stage2", "bossa_stage1.pt", "out_wrong"));
+    let err = stderr(evil.wait_with_output().unwrap());
     assert!(err.contains("evil.pt") && err.contains("allow-list") && err.contains("system"), "{err}");
-    assert!(!err.contains("should-not-run"));
+    assert!(!err.contains("should-not-run"), "{err}");
     assert!(!d.join("out_evil/model.safetensors").exists());
+    let err = stderr(wrong.wait_with_output().unwrap());
+    assert!(err.contains("musecoco_proj.weight") && err.contains("--format"), "{err}");
 
     let err = stderr(convert("musicbert", &d.join("missing.pt"), &d.join("out_missing"), &[]));
     assert!(err.contains("missing.pt") && err.contains("no such file"), "{err}");
-
-    let err = stderr(convert("bossa-stage2", &d.join("bossa_stage1.pt"), &d.join("out_wrong"), &[]));
-    assert!(err.contains("musecoco_proj.weight") && err.contains("--format"), "{err}");
 
     let err = stderr(convert("bossa-stage1", &d.join("bossa_stage1.pt"), &d.join("out_set"), &["nonsense"]));
     assert!(err.contains("KEY=VALUE"), "{err}");
