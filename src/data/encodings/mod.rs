@@ -102,12 +102,12 @@ pub fn reduce_time_signature(mut numerator: u32, mut denominator: u32) -> (u32, 
     if denominator == 0 {
         return (numerator, 0); // would loop forever below; never a valid signature
     }
-    while denominator > 1 << MAX_TS_DENOMINATOR_POWER && denominator % 2 == 0 && numerator % 2 == 0 {
+    while denominator > 1 << MAX_TS_DENOMINATOR_POWER && denominator.is_multiple_of(2) && numerator.is_multiple_of(2) {
         denominator /= 2;
         numerator /= 2;
     }
     while numerator > MAX_NOTES_PER_BAR * denominator {
-        let factor = (2..=numerator).find(|f| numerator % f == 0).unwrap_or(numerator);
+        let factor = (2..=numerator).find(|&f| numerator.is_multiple_of(f)).unwrap_or(numerator);
         numerator /= factor;
     }
     (numerator, denominator)
@@ -242,7 +242,7 @@ pub fn score_to_octuples(score: &Score) -> Result<Vec<Octuple>, EncodeError> {
 /// up to the next entry's position (in list order), the last one up to `max_pos`.
 fn span<T>(i: usize, list: &[T], pos: impl Fn(&T) -> u64, max_pos: usize) -> (usize, usize) {
     let from = pos(&list[i]).min(max_pos as u64) as usize;
-    let to = list.get(i + 1).map_or(max_pos as u64, |next| pos(next)).min(max_pos as u64) as usize;
+    let to = list.get(i + 1).map_or(max_pos as u64, &pos).min(max_pos as u64) as usize;
     (from, to)
 }
 
