@@ -52,14 +52,14 @@ fn main() -> anyhow::Result<()> {
     let (mut symbolic_s, mut render_s, mut audio_seconds, mut pairs) = (0.0, 0.0, 0.0, 0);
     for song in &songs {
         let start = Instant::now();
-        let (lead, piano, full) = prepare::symbolic(song, &config)?;
-        let segments = segment_pairs(&piano, &lead, SegmentSpec::default())?;
+        let parts = prepare::symbolic(song, &config)?;
+        let segments = segment_pairs(&parts.piano, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
         let tokens: usize = segments.iter().map(|p| octuple_ids(&p.lead).len() + octuple_ids(&p.piano).len() + remi_ids(&p.lead).len() + remi_ids(&p.piano).len()).sum();
         symbolic_s += start.elapsed().as_secs_f64();
         assert!(tokens > 0);
         pairs += segments.len();
         let start = Instant::now();
-        let samples = prepare::audio(song, &full, 32_000, Some(&synth))?;
+        let samples = prepare::audio(song, &parts.full, 32_000, Some(&synth))?;
         render_s += start.elapsed().as_secs_f64();
         audio_seconds += samples.len() as f64 / 32_000.0;
     }

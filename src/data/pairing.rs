@@ -105,14 +105,22 @@ pub struct SegmentPair {
     pub piano: Vec<Octuple>,
 }
 
-/// Cut piano and lead sheet (on one timeline) into segments, as BOSSA's dataset does: notes by
-/// bar index of the OctupleMIDI grid, segments missing either part dropped, bars offset by the
-/// earlier part's first bar, notes sorted high pitch first within (bar, position, program)
-/// (`pitch_order='high_to_low'`, BOSSA's training setting).
-pub fn segment_pairs(piano: &Score, lead: &Score, spec: SegmentSpec) -> Result<Vec<SegmentPair>> {
+/// Cut piano and lead sheet (on one timeline) into segments, as BOSSA's dataset does: windows
+/// start at `first_bar` (BOSSA's bar 0: a POP909 song's first annotated downbeat) and every
+/// `spec.hop` bars after it; notes by bar index of the OctupleMIDI grid, segments missing either
+/// part dropped, bars offset by the earlier part's first bar, notes sorted high pitch first
+/// within (bar, position, program) (`pitch_order='high_to_low'`, BOSSA's training setting).
+pub fn segment_pairs(piano: &Score, lead: &Score, spec: SegmentSpec, first_bar: usize) -> Result<Vec<SegmentPair>> {
     let mut both = piano.clone();
     both.instruments.extend(lead.instruments.iter().cloned());
-    let (grid, segs) = segments(&both, spec).context("cannot build the bar grid")?;
+    // Every window of `spec.bars` bars, then those in phase with `first_bar`, numbered from 0.
+    let (grid, every_bar) = segments(&both, SegmentSpec { hop: 1, ..spec }).context("cannot build the bar grid")?;
+    anyhow::ensure!(spec.hop >= 1, "segments need a hop of at least 1 bar");
+    let segs = every_bar
+        .into_iter()
+        .filter(|s| s.first_bar >= first_bar && (s.first_bar - first_bar) % spec.hop == 0)
+        .enumerate()
+        .map(|(index, s)| Segment { index, ..s });
     let tempo = TempoMap::new(&both);
     let piano_notes = score_to_octuples(piano).context("cannot encode the piano part")?;
     let lead_notes = score_to_octuples(lead).context("cannot encode the lead sheet")?;
@@ -379,9 +387,13 @@ mod tests {
         };
         let piano = Score { instruments: vec![part("PIANO", 0, &piano_notes)], ..base.clone() };
         let lead = Score { instruments: vec![part("MELODY", 0, &lead_notes)], ..base };
-        let pairs = segment_pairs(&piano, &lead, SegmentSpec::default()).unwrap();
+        let pairs = segment_pairs(&piano, &lead, SegmentSpec::default(), 0).unwrap();
         // Segments start at bars 0, 2, 4 (8 bars in the grid).
         assert_eq!(pairs.iter().map(|p| p.segment.first_bar).collect::<Vec<_>>(), [0, 2, 4]);
+        assert_eq!(pairs.iter().map(|p| p.segment.index).collect::<Vec<_>>(), [0, 1, 2]);
+        // In phase with a first downbeat in bar 1: windows at bars 1 and 3 (bar 5 would end past 8).
+        let shifted = segment_pairs(&piano, &lead, SegmentSpec::default(), 1).unwrap();
+        assert_eq!(shifted.iter().map(|p| (p.segment.index, p.segment.first_bar)).collect::<Vec<_>>(), [(0, 1), (1, 3)]);
         let first = &pairs[0];
         assert_eq!((first.segment.start_seconds, first.segment.end_seconds), (0.0, 8.0));
         assert_eq!(first.meter, (4, 4));

@@ -176,13 +176,23 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
-/// Lead sheet and piano part of a song, on one timeline, plus the score to render.
-pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<(Score, Score, Score)> {
+/// A song's parts on one timeline.
+pub struct SongParts {
+    pub lead_sheet: Score,
+    pub piano: Score,
+    /// Every track, for rendering.
+    pub full: Score,
+    /// Bar where segments start (BOSSA's bar 0).
+    pub first_bar: usize,
+}
+
+/// Lead sheet and piano part of a song.
+pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<SongParts> {
     match config.source {
         SourceKind::Pop909 => {
             let loaded = Pop909Song::load(&song.lead_sheet)?;
             let piano = part(&loaded.score, &config.piano_track, &song.midi)?;
-            Ok((loaded.lead_sheet.to_score(), piano, loaded.score))
+            Ok(SongParts { lead_sheet: loaded.lead_sheet.to_score(), piano, full: loaded.score, first_bar: 0 })
         }
         SourceKind::Pairs => {
             let score = midi::read(&song.midi)?;
@@ -190,7 +200,7 @@ pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<(Score, Sco
             let chords = read_chord_file(&song.lead_sheet)?;
             let lead = LeadSheet::from_score(&score, &config.melody_track, &chords).with_context(|| format!("in {}", song.midi.display()))?;
             let piano = part(&score, &config.piano_track, &song.midi)?;
-            Ok((lead.to_score(), piano, score))
+            Ok(SongParts { lead_sheet: lead.to_score(), piano, full: score, first_bar: 0 })
         }
     }
 }
@@ -221,11 +231,11 @@ pub fn audio(song: &SongSource, score: &Score, sample_rate: u32, synth: Option<&
 /// All rows of one song (split left as train; phase 2 assigns it).
 pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, synth: Option<&SoundFontSynth>) -> Result<Vec<PairRow>> {
     let config = &settings.config;
-    let (lead, piano, full) = symbolic(song, config)?;
+    let parts = symbolic(song, config)?;
     let spec = SegmentSpec { bars: settings.segments.bars as usize, hop: settings.segments.hop_bars as usize };
-    let pairs = segment_pairs(&piano, &lead, spec)?;
+    let pairs = segment_pairs(&parts.piano, &parts.lead_sheet, spec, parts.first_bar)?;
     ensure!(!pairs.is_empty(), "no {}-bar segment has both lead-sheet and piano notes", spec.bars);
-    let samples = audio(song, &full, encoder.layout.sample_rate, synth)?;
+    let samples = audio(song, &parts.full, encoder.layout.sample_rate, synth)?;
     let codes = encoder.encode(&samples)?;
     let layout = &encoder.layout;
     let frames = codes.len() / layout.n_q;
