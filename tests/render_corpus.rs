@@ -440,3 +440,43 @@ fn styles_are_told_apart_from_the_audio_of_another_lead_sheet() {
         }
     }
 }
+
+#[test]
+fn pop909_song_renders_with_band_programs() {
+    let song = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pop909/POP909/001/001.mid");
+    if !song.is_file() {
+        println!("skipped: {} is absent (POP909 lives in ../shared)", song.display());
+        return;
+    }
+    let score = midi::read(&song).unwrap();
+    let banded = stylebridge::data::render::band_programs(&score);
+    let program = |name: &str| banded.instruments.iter().find(|i| i.name == name).map(|i| i.program);
+    assert_eq!(
+        (program("MELODY"), program("BRIDGE"), program("PIANO")),
+        (Some(65), Some(48), Some(0))
+    );
+    // The first 16 beats are enough to hear all three parts.
+    let cut = 16 * score.ticks_per_beat;
+    let mut short = banded.clone();
+    for inst in &mut short.instruments {
+        inst.notes.retain(|n| n.start < cut);
+        inst.notes.iter_mut().for_each(|n| n.end = n.end.min(cut));
+    }
+    let font = stylebridge::data::render::resolve_soundfont(None).unwrap();
+    let audio = stylebridge::data::render::SoundFontSynth::load(&font)
+        .unwrap()
+        .render(&short, 32_000)
+        .unwrap();
+    let tempo = stylebridge::data::segments::TempoMap::new(&short);
+    let expected = tempo.seconds_at(f64::from(
+        short
+            .instruments
+            .iter()
+            .flat_map(|i| &i.notes)
+            .map(|n| n.end)
+            .max()
+            .unwrap(),
+    )) + stylebridge::data::render::RELEASE_TAIL_S;
+    assert!((audio.len() as f64 / 32_000.0 - expected).abs() < 1e-3);
+    assert!(rms(&audio) > 1e-3);
+}
