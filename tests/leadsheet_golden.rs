@@ -4,14 +4,15 @@
 //! `read_chord`'s voicing of every chord label POP909 uses.
 use std::path::Path;
 
-use stylebridge::data::leadsheet::{parse_chord, Pop909Song, CHORD_PROGRAM};
+use stylebridge::data::leadsheet::{parse_chord, Pop909Song, CHORD_PROGRAM, MELODY_PROGRAM};
+use stylebridge::data::midi::Score;
 use stylebridge::data::segments::{tick_to_pos, BarGrid, TempoMap};
 
 /// (bar, position in bar, program, pitch, duration in positions, velocity, beats per bar)
 type Event = (i64, u32, u8, u8, u32, u8, u32);
 
-fn golden(song: &str) -> Vec<(Event, u32)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/bossa_leadsheet/{song}.tsv"));
+fn golden(name: &str) -> Vec<(Event, u32)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/bossa_leadsheet/{name}.tsv"));
     let text = std::fs::read_to_string(&path).unwrap();
     text.lines()
         .skip(1)
@@ -22,6 +23,39 @@ fn golden(song: &str) -> Vec<(Event, u32)> {
         .collect()
 }
 
+/// Events of a lead-sheet score, bars counted from `first_bar` (earlier notes left out).
+fn events(score: &Score, first_bar: usize) -> Vec<(Event, u32)> {
+    let grid = BarGrid::from_score(score).unwrap();
+    let tempo = TempoMap::new(score);
+    let tpb = score.ticks_per_beat;
+    let mut events = Vec::new();
+    for inst in &score.instruments {
+        assert!(inst.program == MELODY_PROGRAM || inst.program == CHORD_PROGRAM);
+        for n in &inst.notes {
+            let pos = tick_to_pos(n.start, tpb);
+            let bar_index = grid.bar_of_pos(pos).unwrap();
+            if bar_index < first_bar {
+                continue;
+            }
+            let bar = grid.bars[bar_index];
+            let bpm = tempo.bpm_at(f64::from(n.start), tpb).clamp(16.0, 256.0);
+            let tempo_bin = (12.0 * (bpm / 16.0).log2()).round_ties_even() as u32;
+            let event = (
+                (bar_index - first_bar) as i64,
+                pos - bar.start_pos,
+                inst.program,
+                n.pitch,
+                tick_to_pos(n.end, tpb) - pos,
+                n.velocity,
+                bar.numerator,
+            );
+            events.push((event, tempo_bin));
+        }
+    }
+    events.sort();
+    events
+}
+
 /// Ours, numbered like BOSSA: bar 0 at the first annotated downbeat, the pickup left out, and
 /// without the song's last chord (BOSSA reads chords as markers and drops the last one).
 fn ours(dir: &Path) -> Vec<(Event, u32)> {
@@ -29,36 +63,7 @@ fn ours(dir: &Path) -> Vec<(Event, u32)> {
     let mut sheet = song.lead_sheet.clone();
     let last_chord = sheet.chords.iter().map(|c| c.start).max().unwrap();
     sheet.chords.retain(|c| c.start != last_chord);
-    let score = sheet.to_score();
-    let grid = BarGrid::from_score(&score).unwrap();
-    let first_bar = song.first_downbeat_bar as i64;
-    let tempo = TempoMap::new(&score);
-    let mut events = Vec::new();
-    for inst in &score.instruments {
-        for n in &inst.notes {
-            let pos = tick_to_pos(n.start, 480);
-            let bar_index = grid.bar_of_pos(pos).unwrap();
-            let bar = grid.bars[bar_index];
-            if (bar_index as i64) < first_bar {
-                continue;
-            }
-            let bpm = tempo.bpm_at(f64::from(n.start), 480).clamp(16.0, 256.0);
-            let tempo_bin = (12.0 * (bpm / 16.0).log2()).round_ties_even() as u32;
-            let event = (
-                bar_index as i64 - first_bar,
-                pos - bar.start_pos,
-                inst.program,
-                n.pitch,
-                tick_to_pos(n.end, 480) - pos,
-                n.velocity,
-                bar.numerator,
-            );
-            assert!(inst.program == 0 || inst.program == CHORD_PROGRAM);
-            events.push((event, tempo_bin));
-        }
-    }
-    events.sort();
-    events
+    events(&sheet.to_score(), song.first_downbeat_bar)
 }
 
 #[test]
@@ -100,4 +105,26 @@ fn chord_voicings_match_bossa_read_chord() {
         checked += 1;
     }
     assert_eq!(checked, 320);
+}
+
+/// The lead-sheet MIDI we write is BOSSA's arranger input: its `read_leadsheet` (bars from the
+/// file's time signatures via pretty_midi) sees exactly our notes, bars, meters and tempo bins.
+#[test]
+fn written_lead_sheet_reads_the_same_in_bossa_inference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/examples/waltz");
+    let sheet = Pop909Song::load(&dir).unwrap().lead_sheet;
+    let mut want = golden("waltz_read_leadsheet");
+    want.sort();
+    // The reference's grid of 1/12 beats stops one point before the file's end, and it clamps note
+    // ends there: notes ending with the song (the final chord) come out one position shorter.
+    let score = sheet.to_score();
+    let song_end = score.instruments.iter().flat_map(|i| &i.notes).map(|n| tick_to_pos(n.end, score.ticks_per_beat)).max().unwrap();
+    let bars = BarGrid::from_score(&score).unwrap();
+    let mut got = events(&score, 0);
+    for ((bar, pos, .., dur, _, _), _) in &mut got {
+        if bars.bars[*bar as usize].start_pos + *pos + *dur == song_end {
+            *dur -= 1;
+        }
+    }
+    assert_eq!(got, want);
 }
