@@ -211,3 +211,15 @@ fn cli_transpose_shifts_pitch_tokens_but_not_drums() {
     assert!(text.starts_with("s-") && text.contains(" i-128 ") && text.trim_end().ends_with("b-1"), "{text}");
 }
 
+
+#[test]
+fn cli_reference_tempo_order_reproduces_the_reference_bit_for_bit() {
+    let input = edge_midi("tempo_unsorted");
+    let path = input.to_str().unwrap();
+    let (ok, stdout, stderr) = stylebridge(&["tokens", "octuple", path, "--json", "--reference-tempo-order"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(ids(&stdout), golden("edge", "tempo_unsorted").octuple);
+    let (ok, stdout, _) = stylebridge(&["tokens", "octuple", path, "--json"]);
+    assert!(ok);
+    assert_eq!(ids(&stdout), golden("edge", "tempo_unsorted_sorted").octuple);
+}
