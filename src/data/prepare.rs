@@ -192,7 +192,9 @@ pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<SongParts> 
         SourceKind::Pop909 => {
             let loaded = Pop909Song::load(&song.lead_sheet)?;
             let piano = part(&loaded.score, &config.piano_track, &song.midi)?;
-            Ok(SongParts { lead_sheet: loaded.lead_sheet.to_score(), piano, full: loaded.score, first_bar: 0 })
+            // BOSSA's windows start at the first annotated downbeat; the pickup before it is left out.
+            let first_bar = loaded.first_downbeat_bar;
+            Ok(SongParts { lead_sheet: loaded.lead_sheet.to_score(), piano, full: loaded.score, first_bar })
         }
         SourceKind::Pairs => {
             let score = midi::read(&song.midi)?;
