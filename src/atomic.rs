@@ -2,6 +2,7 @@
 //! A reader (or a crash) never sees a half-written file.
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Write `path` atomically with whatever `fill` writes into the buffered file.
@@ -15,6 +16,12 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) 
         .prefix(".tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // Temporary files are created 0600; give the result the mode an ordinary file (or the
+    // file it replaces) has, so other users and jobs can read outputs.
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0o644);
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set permissions on a temporary file in {}", dir.display()))?;
     let mut writer = std::io::BufWriter::new(tmp);
     fill(&mut writer).with_context(|| format!("while writing {}", path.display()))?;
     let tmp = writer
@@ -46,6 +53,7 @@ mod tests {
         write(&path, b"hello").unwrap();
         write(&path, b"again").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"again");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.txt")]);
     }
