@@ -521,6 +521,23 @@ mod tests {
     }
 
     #[test]
+    fn config_and_evaluation_options() {
+        let data = set(10);
+        let cfg = DataConfig { shift_seconds: 0.02, transpose: [0, 0], max_notes: 7, ..DataConfig::default() };
+        let options = LoaderOptions::from_config(&cfg, &data.layout, Stage::Stage1, 4, 3, 1, 2);
+        assert_eq!((options.max_shift_frames, options.transpose, options.max_notes, options.rank, options.world_size), (1, (0, 0), 7, 1, 2));
+        let train = Loader::new(Arc::clone(&data), options.clone()).unwrap();
+        for b in train.batches(0, 0) {
+            assert!(b.draws.iter().all(|d| d.shift.abs() <= 1 && d.semitones == 0));
+        }
+        // Evaluation: every row of the rank once, in order, the last batch partial, no draws.
+        let eval = Loader::new(Arc::clone(&data), options.evaluation()).unwrap();
+        let batches: Vec<Batch> = eval.batches(0, 0).collect();
+        assert_eq!(batches.iter().map(|b| b.rows.clone()).collect::<Vec<_>>(), [vec![1, 3, 5, 7], vec![9]]);
+        assert!(batches.iter().flat_map(|b| &b.draws).all(|d| *d == Draw::NONE));
+    }
+
+    #[test]
     fn bad_options_are_refused() {
         let data = set(3);
         assert!(Loader::new(Arc::clone(&data), LoaderOptions { rank: 2, world_size: 2, ..options(Stage::Stage1) }).is_err());
