@@ -162,6 +162,9 @@ const RHYTHMS_3: [&[u32]; 6] = [
 ];
 const PHRASE_END_4: &[u32] = &[24, 12, 12];
 const PHRASE_END_3: &[u32] = &[24, 12];
+/// The last bar: one long tonic, then a rest.
+const FINAL_4: &[u32] = &[36, 12];
+const FINAL_3: &[u32] = PHRASE_END_3;
 const MELODY_LOW: i32 = 67;
 const MELODY_HIGH: i32 = 84;
 /// Piano velocities over the patterns' nominal ones: the accompaniment carries the style, so it
@@ -228,10 +231,12 @@ pub fn lead_sheet(seed: u64, index: u64, bars: u32) -> LeadSheetSpec {
     for (bar, (_, chord)) in chords.iter().enumerate() {
         let last_bar = bar + 1 == n;
         let phrase_end = (bar + 1) % 4 == 0 && !last_bar;
-        let rhythm: &[u32] = match (beats, phrase_end || last_bar) {
-            (4, true) => PHRASE_END_4,
-            (_, true) => PHRASE_END_3,
-            (4, false) => pick(&mut rng, &RHYTHMS_4),
+        let rhythm: &[u32] = match (beats, phrase_end, last_bar) {
+            (4, _, true) => FINAL_4,
+            (_, _, true) => FINAL_3,
+            (4, true, _) => PHRASE_END_4,
+            (_, true, _) => PHRASE_END_3,
+            (4, false, _) => pick(&mut rng, &RHYTHMS_4),
             _ => pick(&mut rng, &RHYTHMS_3),
         };
         let mut pos = 0;
@@ -635,10 +640,17 @@ fn write_item(
         format!("{name}.chords.txt"),
     );
     midi::write(&score, &options.out.join(&midi_name))?;
-    let mut audio = synth.render(&score, options.sample_rate).with_context(|| format!("cannot render {name}"))?;
+    let mut audio = synth
+        .render(&score, options.sample_rate)
+        .with_context(|| format!("cannot render {name}"))?;
     // Every file of a lead sheet lasts its bars plus the release tail, whatever the last note.
     let song_end = sheet.seconds(sheet.bars() * sheet.bar_ticks()) + RELEASE_TAIL_S;
-    audio.resize(audio.len().max((song_end * f64::from(options.sample_rate)).round() as usize), 0.0);
+    audio.resize(
+        audio
+            .len()
+            .max((song_end * f64::from(options.sample_rate)).round() as usize),
+        0.0,
+    );
     write_wav(&options.out.join(&audio_name), &audio, options.sample_rate)?;
     let bar_ticks = sheet.bar_ticks();
     let chord_lines: String = sheet
@@ -682,9 +694,12 @@ mod tests {
             assert_eq!(a.chords.len(), 8);
             assert_eq!(a.chords[6].1.root, (a.tonic + 7) % 12, "V before the end");
             assert_eq!(a.chords[7].1.root, a.tonic, "ends on I");
-            let last = a.melody.last().unwrap();
+            // The last bar holds one note, the tonic, from its downbeat.
+            let last_bar: Vec<&Note> = a.melody.iter().filter(|n| n.start >= 7 * a.beats * TPB).collect();
+            assert_eq!(last_bar.len(), 1);
+            assert_eq!(last_bar[0].start, 7 * a.beats * TPB);
             assert_eq!(
-                (last.pitch as i32 - a.tonic as i32).rem_euclid(12),
+                (last_bar[0].pitch as i32 - a.tonic as i32).rem_euclid(12),
                 0,
                 "melody ends on the tonic"
             );
