@@ -66,6 +66,13 @@ fn codes_and_features_of_a_wav_file() {
     let out = stylebridge(&[&args[..], &["--layer", "9"]].concat());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot stop at layer 9"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // An EnCodec whose codes this decoder cannot read (3 codebooks of 16) is refused up front.
+    run_script("make_encodec.py", &dir.path().join("other"), &["--variant", "causal"]);
+    let other = dir.path().join("other/model");
+    let out = stylebridge(&[&["audio", "features", "--encodec", other.to_str().unwrap()], &args[4..]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("makes 3 codebooks of 16 codes") && stderr.contains("reads 4 of 32"), "{stderr}");
 }
 
 #[test]

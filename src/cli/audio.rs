@@ -72,10 +72,12 @@ impl Common {
         Ok(if self.cuda { Device::Cuda(0) } else { Device::Cpu })
     }
 
-    /// Decode the input and encode it: codes `[1, n_q, frames]`.
-    fn encode(&self, device: Device) -> Result<(Tensor, String)> {
-        let encodec = Encodec::load(&self.encodec, device)
-            .with_context(|| format!("cannot load EnCodec from {}", self.encodec.display()))?;
+    fn load_encodec(&self, device: Device) -> Result<Encodec> {
+        Encodec::load(&self.encodec, device).with_context(|| format!("cannot load EnCodec from {}", self.encodec.display()))
+    }
+
+    /// Decode the input and encode it: codes `[1, n_q, frames]`, and a line describing them.
+    fn encode(&self, encodec: &Encodec) -> Result<(Tensor, String)> {
         let rate = encodec.config().sampling_rate;
         let samples = load_mono(&self.input, rate)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no audio samples", self.input.display());
@@ -93,8 +95,9 @@ impl Common {
 
 fn codes(args: CodesArgs) -> Result<()> {
     let common = &args.common;
-    let (codes, summary) = common.encode(common.device()?)?;
-    let codes = codes.squeeze_dim(0);
+    let encodec = common.load_encodec(common.device()?)?;
+    let (codes, summary) = common.encode(&encodec)?;
+    let codes = codes.squeeze_dim(0).to_device(Device::Cpu);
     write_safetensors(&common.output, &[("codes", &codes)])?;
     super::emit(&format!("{}: codes {:?} ({summary})\n", common.output.display(), codes.size()))
 }
@@ -102,18 +105,20 @@ fn codes(args: CodesArgs) -> Result<()> {
 fn features(args: FeaturesArgs) -> Result<()> {
     let common = &args.common;
     let device = common.device()?;
-    // Load the decoder first: a bad --layer or checkpoint fails before the audio is encoded.
+    // Load both models first: a bad --layer or checkpoint fails before the audio is decoded.
     let decoder = MusicgenDecoder::load(&args.musicgen, args.layer, device, Kind::Float)
         .with_context(|| format!("cannot load the MusicGen decoder from {}", args.musicgen.display()))?;
-    let (codes, summary) = common.encode(device)?;
-    let n_q = codes.size()[1];
+    let encodec = common.load_encodec(device)?;
+    let (made, read) = (encodec.config().num_quantizers_used(), decoder.config().num_codebooks);
     anyhow::ensure!(
-        n_q == decoder.config().num_codebooks,
-        "EnCodec in {} makes {n_q} codebooks but the MusicGen decoder in {} reads {}",
+        made == read && encodec.config().codebook_size <= decoder.config().vocab_size,
+        "EnCodec in {} makes {made} codebooks of {} codes but the MusicGen decoder in {} reads {read} of {}",
         common.encodec.display(),
+        encodec.config().codebook_size,
         args.musicgen.display(),
-        decoder.config().num_codebooks
+        decoder.config().vocab_size
     );
+    let (codes, summary) = common.encode(&encodec)?;
     let input_ids = apply_delay_pattern(&codes, decoder.config().pad_token())?;
     let features = tch::no_grad(|| decoder.features(&input_ids))?.squeeze_dim(0).to_device(Device::Cpu);
     let codes = codes.squeeze_dim(0).to_device(Device::Cpu);

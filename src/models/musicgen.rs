@@ -291,6 +291,12 @@ impl MusicgenDecoder {
         let (_, k, steps) = input_ids.size3().context("input ids must be [batch, codebooks, steps]")?;
         ensure!(k == self.config.num_codebooks, "input has {k} codebooks, the decoder {}", self.config.num_codebooks);
         let ids = input_ids.to_device(self.vs.device());
+        let (low, high) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        ensure!(
+            low >= 0 && high <= self.config.vocab_size,
+            "codes must lie in 0..={} (the last is the pad code), got {low}..={high}",
+            self.config.vocab_size
+        );
         let tokens = self
             .embed_tokens
             .iter()
@@ -375,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn truncated_decoder_rejects_bad_depth_and_codebooks() {
+    fn truncated_decoder_rejects_bad_depth_codebooks_and_codes() {
         let config = tiny_config();
         assert!(MusicgenDecoder::new(VarStore::new(Device::Cpu), config.clone(), 4).is_err());
         assert!(MusicgenDecoder::new(VarStore::new(Device::Cpu), config.clone(), 0).is_err());
@@ -383,6 +389,8 @@ mod tests {
         let three_codebooks = Tensor::zeros([1, 3, 6], (Kind::Int64, Device::Cpu));
         let err = model.features(&three_codebooks).unwrap_err().to_string();
         assert!(err.contains("3 codebooks"), "{err}");
+        let err = model.features(&Tensor::full([1, 4, 6], 9, (Kind::Int64, Device::Cpu))).unwrap_err().to_string();
+        assert!(err.contains("codes must lie in 0..=8"), "{err}");
         let ok = model.features(&Tensor::zeros([1, 4, 6], (Kind::Int64, Device::Cpu))).unwrap();
         assert_eq!(ok.size(), vec![1, 6, 8]);
     }
