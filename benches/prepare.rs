@@ -38,6 +38,36 @@ fn full_size_encodec(dir: &Path) -> Option<PathBuf> {
     Some(dir.to_path_buf())
 }
 
+/// The embedded corpus (`corpus synth`, 8-bar arrangements with WAV audio): symbolic work plus
+/// decoding and resampling the audio (32 kHz files to 32 kHz: a copy; to 24 kHz: resampled).
+fn embedded_corpus() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let status = Command::new(env!("CARGO_BIN_EXE_stylebridge"))
+        .args(["corpus", "synth", "--songs", "8", "--seed", "0", "--out"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "corpus synth failed");
+    let config = PrepareConfig { source: stylebridge::config::SourceKind::Pairs, input: Some(dir.path().to_path_buf()), ..Default::default() };
+    let songs = prepare::discover(&config)?;
+    for rate in [32_000, 24_000] {
+        let start = Instant::now();
+        for song in &songs {
+            let parts = prepare::symbolic(song, &config)?;
+            let pairs = segment_pairs(&parts.piano, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
+            assert!(pairs.iter().map(|p| octuple_ids(&p.piano).len() + remi_ids(&p.piano).len()).sum::<usize>() > 0);
+            prepare::audio(song, &parts.full, rate, None)?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "embedded corpus, {} arrangements, audio to {rate} Hz, without EnCodec, one thread: {:.1} songs/s",
+            songs.len(),
+            songs.len() as f64 / seconds
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let root = std::env::var_os("STYLEBRIDGE_POP909").map_or_else(|| PathBuf::from("../shared/data/pop909"), PathBuf::from);
     if !root.is_dir() {
@@ -64,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         audio_seconds += samples.len() as f64 / 32_000.0;
     }
     let per_song = |s: f64| s / songs.len() as f64;
+    embedded_corpus()?;
     println!("{} POP909 songs, {pairs} pairs, {:.0} s of audio on average", songs.len(), per_song(audio_seconds));
     println!("symbolic (load, re-time, lead sheet, segments, tokens): {:.3} s/song = {:.1} songs/s", per_song(symbolic_s), 1.0 / per_song(symbolic_s));
     println!("audio (GM rendering at 32 kHz):                          {:.3} s/song = {:.2} songs/s", per_song(render_s), 1.0 / per_song(render_s));
