@@ -175,14 +175,12 @@ struct Conv {
 }
 
 /// Padding rules shared by every convolution of one model.
-#[derive(Clone)]
 struct Padding {
     causal: bool,
     mode: String,
 }
 
 impl Conv {
-    #[allow(clippy::too_many_arguments)]
     fn new(p: nn::Path, names: WeightNormNames, c_in: i64, c_out: i64, kernel: i64, stride: i64, dilation: i64) -> Self {
         let conv = &p / "conv";
         let zeros = nn::Init::Const(0.0);
@@ -356,7 +354,7 @@ impl Encodec {
 
     /// Encoder output `[batch, hidden, frames]` of audio `[batch, 1, samples]`
     /// (normalised by its RMS first when the config says so, as HF does).
-    pub fn embed(&self, audio: &Tensor) -> Tensor {
+    fn embed(&self, audio: &Tensor) -> Tensor {
         let audio = audio.to_kind(Kind::Float).to_device(self.vs.device());
         let mut x = if self.config.normalize {
             let scale = audio.mean_dim(1, true, Kind::Float).square().mean_dim(-1, true, Kind::Float).sqrt() + 1e-8;
