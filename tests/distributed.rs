@@ -63,7 +63,9 @@ fn finish(child: &mut Child, limit: Duration) -> (Option<i32>, String, f64) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut err).unwrap();
+    }
     (status.code(), err, start.elapsed().as_secs_f64())
 }
 
@@ -309,25 +311,38 @@ train: {batch_size: 8, max_steps: 6, precision: fp32, device: cpu, threads: 1, l
 
     type Weights = BTreeMap<String, Tensor>;
 
-    /// Train in `out` (with `launch` when `processes` > 1); the model's tensors by name at steps 3
-    /// and 6.
-    fn train(dir: &Path, out: &str, processes: usize) -> [Weights; 2] {
+    /// `stylebridge train` of the test config into `dir/out` (under `launch` when `processes` > 1).
+    fn train_command(dir: &Path, out: &str, processes: usize, extra: &[&str]) -> Command {
         let mut command = stylebridge();
         if processes > 1 {
-            command.args(["launch", "--nproc-per-node", &processes.to_string(), "--"]);
+            command.args(["launch", "--nproc-per-node", &processes.to_string(), "--stop-grace-seconds", "5", "--"]);
         }
-        let output_dir = dir.join(out);
-        let result = command
+        command
             .args(["train", dir.join("cfg.yaml").to_str().unwrap(), "--set"])
-            .arg(format!("output_dir={}", output_dir.display()))
+            .arg(format!("output_dir={}", dir.join(out).display()))
             .arg("--set")
             .arg(format!("data.shards={}", dir.join("shards").display()))
-            .output()
-            .unwrap();
+            .args(extra);
+        command
+    }
+
+    fn train(dir: &Path, out: &str, processes: usize, extra: &[&str]) {
+        let result = train_command(dir, out, processes, extra).output().unwrap();
         assert!(result.status.success(), "{processes}-process training failed:\n{}", String::from_utf8_lossy(&result.stderr));
-        let checkpoints = output_dir.join("dp/checkpoints");
+    }
+
+    /// The model's tensors by name at steps 3 and 6 of the run in `dir/out`.
+    fn weights(dir: &Path, out: &str) -> [Weights; 2] {
+        let checkpoints = dir.join(out).join("dp/checkpoints");
         ["step-00000003", "step-00000006"]
             .map(|step| Tensor::read_safetensors(checkpoints.join(step).join("model.safetensors")).unwrap().into_iter().collect())
+    }
+
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(&dir.path().join("shards"));
+        std::fs::write(dir.path().join("cfg.yaml"), CONFIG).unwrap();
+        dir
     }
 
     /// Largest absolute difference between two sets of the same tensors, and where.
@@ -340,11 +355,10 @@ train: {batch_size: 8, max_steps: 6, precision: fp32, device: cpu, threads: 1, l
 
     #[test]
     fn two_processes_train_the_same_weights_as_one() {
-        let dir = tempfile::tempdir().unwrap();
-        write_shards(&dir.path().join("shards"));
-        std::fs::write(dir.path().join("cfg.yaml"), CONFIG).unwrap();
-        let one = train(dir.path(), "one", 1);
-        let two = train(dir.path(), "two", 2);
+        let dir = fixture();
+        train(dir.path(), "one", 1, &[]);
+        train(dir.path(), "two", 2, &[]);
+        let (one, two) = (weights(dir.path(), "one"), weights(dir.path(), "two"));
         for (k, step) in [3, 6].into_iter().enumerate() {
             let (diff, name) = max_difference(&one[k], &two[k]);
             eprintln!("step {step}: max difference {diff:e} at {name}");
@@ -354,5 +368,68 @@ train: {batch_size: 8, max_steps: 6, precision: fp32, device: cpu, threads: 1, l
         let (moved, _) = max_difference(&one[0], &one[1]);
         eprintln!("largest change from step 3 to 6: {moved:e}");
         assert!(moved > 1e-4, "steps 3 to 6 changed no weight by more than {moved}");
+        // Stopped after 3 steps on 2 processes, resumed on 1: the same run.
+        train(dir.path(), "mixed", 2, &["--set", "train.max_steps=3"]);
+        train(dir.path(), "mixed", 1, &["--resume"]);
+        let mixed = weights(dir.path(), "mixed");
+        let (diff, name) = max_difference(&one[1], &mixed[1]);
+        assert!(diff <= 1e-5, "resumed on another world size: weights differ by {diff} at {name}");
+    }
+
+    /// Start a long 2-process training under `launch`; returns it once rank 0 has logged a step,
+    /// with the worker pids and the launcher's stderr so far (more arrives on the channel).
+    fn long_training(dir: &Path) -> (Child, Vec<u32>, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut launcher = train_command(dir, "long", 2, &["--set", "train.max_steps=100000", "--set", "train.epochs=100000", "--set", "train.timeout_s=20"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        let stderr = std::io::BufReader::new(launcher.stderr.take().unwrap());
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).try_for_each(|l| send.send(l)));
+        let started = Instant::now();
+        let mut pids = Vec::new();
+        while pids.is_empty() || !dir.join("long/dp/metrics.jsonl").exists() {
+            assert!(started.elapsed() < Duration::from_secs(90), "training did not start");
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+                if let Some(list) = line.strip_prefix("launch: 2 workers (pids ") {
+                    pids = list.split(')').next().unwrap().split(", ").map(|p| p.parse().unwrap()).collect();
+                }
+            }
+        }
+        (launcher, pids, lines)
+    }
+
+    fn gone(pid: u32) -> bool {
+        // Reaped children no longer exist (signal 0 only checks).
+        unsafe { libc::kill(pid as libc::pid_t, 0) != 0 }
+    }
+
+    #[test]
+    fn launch_stops_training_when_a_worker_is_killed() {
+        let dir = fixture();
+        let (mut launcher, pids, lines) = long_training(dir.path());
+        unsafe { libc::kill(pids[1] as libc::pid_t, libc::SIGKILL) };
+        let (code, _, seconds) = finish(&mut launcher, Duration::from_secs(60));
+        let stderr: Vec<String> = lines.try_iter().collect();
+        let stderr = stderr.join("\n");
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("error: worker rank 1 (pid {}) was killed by signal 9", pids[1])), "{stderr}");
+        assert!(seconds < 20.0, "took {seconds:.1} s:\n{stderr}");
+        assert!(gone(pids[0]), "rank 0 still runs");
+    }
+
+    #[test]
+    fn launch_passes_sigterm_on_and_fails() {
+        let dir = fixture();
+        let (mut launcher, pids, lines) = long_training(dir.path());
+        unsafe { libc::kill(launcher.id() as libc::pid_t, libc::SIGTERM) };
+        let (code, _, seconds) = finish(&mut launcher, Duration::from_secs(60));
+        let stderr = lines.try_iter().collect::<Vec<_>>().join("\n");
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("interrupted by signal 15"), "{stderr}");
+        assert!(seconds < 10.0, "took {seconds:.1} s:\n{stderr}");
+        assert!(pids.iter().all(|&p| gone(p)), "a worker still runs");
     }
 }
