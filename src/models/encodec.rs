@@ -406,3 +406,58 @@ impl Encodec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of the hub's `facebook/encodec_32khz/config.json`.
+    const ENCODEC_32KHZ: &str = r#"{"architectures": ["EncodecModel"], "audio_channels": 1, "chunk_length_s": null,
+        "codebook_dim": 128, "codebook_size": 2048, "compress": 2, "dilation_growth_rate": 2, "hidden_size": 128,
+        "kernel_size": 7, "last_kernel_size": 7, "model_type": "encodec", "norm_type": "weight_norm",
+        "normalize": false, "num_filters": 64, "num_lstm_layers": 2, "num_residual_layers": 1, "overlap": null,
+        "pad_mode": "reflect", "residual_kernel_size": 3, "sampling_rate": 32000, "target_bandwidths": [2.2],
+        "trim_right_ratio": 1.0, "upsampling_ratios": [8, 5, 4, 4], "use_causal_conv": false,
+        "use_conv_shortcut": false}"#;
+
+    fn parse(json: &str) -> Result<EncodecConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        EncodecConfig::from_file(dir.path())
+    }
+
+    #[test]
+    fn encodec_32khz_makes_four_codebooks_at_50_hz() {
+        let config = parse(ENCODEC_32KHZ).unwrap();
+        assert_eq!((config.hop_length(), config.frame_rate()), (640, 50));
+        assert_eq!((config.num_quantizers(), config.num_quantizers_used()), (4, 4));
+        let model = Encodec::build(VarStore::new(Device::Cpu), config, WeightNormNames::Legacy);
+        assert_eq!(model.codebooks.len(), 4);
+        let names = model.var_store().variables();
+        // conv, 4 x (resnet, ELU, strided conv), LSTM at 13 over 16 x 64 channels, ELU, conv at 15.
+        assert_eq!(names["encoder.layers.13.lstm.weight_ih_l1"].size(), vec![4096, 1024]);
+        assert_eq!(names["encoder.layers.15.conv.weight_v"].size(), vec![128, 1024, 7]);
+        assert!(!names.contains_key("encoder.layers.1.shortcut.conv.bias"), "32 kHz has identity shortcuts");
+    }
+
+    #[test]
+    fn unsupported_configs_say_why() {
+        let stereo_chunked = r#"{"audio_channels": 2, "chunk_length_s": 1.0, "norm_type": "time_group_norm"}"#;
+        let err = format!("{:#}", parse(stereo_chunked).unwrap_err());
+        assert!(err.contains("only mono models"), "{err}");
+        let chunked = r#"{"chunk_length_s": 1.0}"#;
+        assert!(format!("{:#}", parse(chunked).unwrap_err()).contains("chunked models"));
+        let group_norm = r#"{"norm_type": "time_group_norm"}"#;
+        assert!(format!("{:#}", parse(group_norm).unwrap_err()).contains("only \"weight_norm\""));
+        let typo = r#"{"upsampling_ratios": "8,5,4,4"}"#;
+        assert!(format!("{:#}", parse(typo).unwrap_err()).contains("upsampling_ratios"));
+    }
+
+    #[test]
+    fn short_input_reflect_padding_pads_zeros_first() {
+        // Length 2, reflect padding 3 on each side: HF reflects [a, b, 0, 0], then drops the 2 extra.
+        let x = Tensor::from_slice(&[1.0f32, 2.0]).view([1, 1, 2]);
+        let padded = Vec::<f32>::try_from(pad1d(&x, 3, 3, "reflect").view([-1])).unwrap();
+        assert_eq!(padded, vec![0.0, 0.0, 2.0, 1.0, 2.0, 0.0, 0.0, 0.0]);
+    }
+}

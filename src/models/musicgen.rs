@@ -446,4 +446,24 @@ mod tests {
         let err = MusicgenDecoder::load(wrong.path(), Some(3), Device::Cpu, Kind::Float).err().unwrap().to_string();
         assert!(err.contains("is not MusicGen's sinusoid"), "{err}");
     }
+
+    #[test]
+    fn musicgen_large_config_reads_the_nested_decoder() {
+        // The decoder section of the hub's `facebook/musicgen-large/config.json`, nested as there.
+        let json = r#"{"architectures": ["MusicgenForConditionalGeneration"], "model_type": "musicgen",
+            "audio_encoder": {"model_type": "encodec", "sampling_rate": 32000},
+            "text_encoder": {"model_type": "t5", "d_model": 1024},
+            "decoder": {"activation_dropout": 0.0, "activation_function": "gelu", "attention_dropout": 0.0,
+                "bos_token_id": 2048, "classifier_dropout": 0.0, "dropout": 0.1, "ffn_dim": 8192, "hidden_size": 2048,
+                "initializer_factor": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048,
+                "model_type": "musicgen_decoder", "num_attention_heads": 32, "num_codebooks": 4,
+                "num_hidden_layers": 48, "pad_token_id": 2048, "scale_embedding": false,
+                "tie_word_embeddings": false, "use_cache": true, "vocab_size": 2048}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        let config = MusicgenDecoderConfig::from_file(dir.path()).unwrap();
+        assert_eq!((config.hidden_size, config.num_hidden_layers, config.num_attention_heads), (2048, 48, 32));
+        assert_eq!((config.ffn_dim, config.num_codebooks, config.pad_token()), (8192, 4, 2048));
+        assert_eq!(config.bossa_layers(), 25);
+    }
 }
