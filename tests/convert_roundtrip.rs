@@ -286,7 +286,7 @@ fn converter_round_trips_every_format() {
     let _ = QFormer::new(vs.root(), &cfg);
     QFormer::load(&mut vs, &ckpt, "").unwrap();
     assert_store_equals(&vs, &stage1, "", Kind::BFloat16);
-    assert!(ckpt.get("musicgen_decoder.decoder.layers.0.fc1.weight").is_some(), "MusicGen kept for the audio side");
+    assert!(ckpt.contains("musicgen_decoder.decoder.layers.0.fc1.weight"), "MusicGen kept for the audio side");
 
     // bossa-stage2 (fp16 pickle): the query-path Q-Former, MuseCoco with LoRA, musecoco_proj.
     let ckpt = Checkpoint::open(&d.join("out2")).unwrap();

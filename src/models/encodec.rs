@@ -150,9 +150,9 @@ enum WeightNormNames {
 
 impl WeightNormNames {
     fn detect(ckpt: &Checkpoint) -> Result<Self> {
-        if ckpt.get("encoder.layers.0.conv.weight_g").is_some() {
+        if ckpt.contains("encoder.layers.0.conv.weight_g") {
             Ok(Self::Legacy)
-        } else if ckpt.get("encoder.layers.0.conv.parametrizations.weight.original0").is_some() {
+        } else if ckpt.contains("encoder.layers.0.conv.parametrizations.weight.original0") {
             Ok(Self::Parametrized)
         } else {
             bail!(

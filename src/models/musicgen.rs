@@ -238,7 +238,7 @@ impl MusicgenDecoder {
         let ckpt = Checkpoint::open(dir)?;
         let prefix = ["decoder.model.decoder.", "model.decoder."]
             .into_iter()
-            .find(|p| ckpt.get(&format!("{p}embed_tokens.0.weight")).is_some())
+            .find(|p| ckpt.contains(&format!("{p}embed_tokens.0.weight")))
             .with_context(|| {
                 format!(
                     "{}: no `decoder.model.decoder.embed_tokens.0.weight` (nor `model.decoder.…`); not an HF MusicGen checkpoint",

@@ -538,7 +538,7 @@ impl QFormer {
         tch::no_grad(|| {
             for (name, mut var) in vs.variables() {
                 let Some(rel) = name.strip_prefix(&prefix) else { continue };
-                let source = if ckpt.get(rel).is_some() { rel.to_string() } else { rel.replace("_query", "") };
+                let source = if ckpt.contains(rel) { rel.to_string() } else { rel.replace("_query", "") };
                 let Some(src) = ckpt.get(&source) else { continue };
                 used.insert(source.clone());
                 let src = src.to_kind(var.kind());

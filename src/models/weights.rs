@@ -9,31 +9,45 @@
 //! (`stylebridge convert`); Rust never unpickles.
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use tch::{nn::VarStore, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
+
+/// Where a tensor's bytes are: in memory, or at a byte range of a safetensors file. Files
+/// are indexed from their headers only and each tensor is read when asked for, so loading
+/// the first 25 of musicgen-large's 48 layers never reads the rest (nor the T5 encoder).
+enum Entry {
+    Loaded(Tensor),
+    OnDisk { file: usize, kind: Kind, shape: Vec<i64>, start: u64, len: usize },
+}
 
 pub struct Checkpoint {
     origin: PathBuf,
-    tensors: BTreeMap<String, Tensor>,
+    files: Vec<(PathBuf, File)>,
+    tensors: BTreeMap<String, Entry>,
 }
 
 impl Checkpoint {
     /// Open a `.safetensors` file, or a folder holding `model.safetensors` or
     /// `model.safetensors.index.json` (sharded HF checkpoints).
     pub fn open(path: &Path) -> Result<Self> {
-        let files = safetensors_files(path)?;
+        let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
-        for file in &files {
-            let named = Tensor::read_safetensors(file)
-                .with_context(|| format!("cannot read safetensors file {}", file.display()))?;
-            tensors.extend(named);
+        for path in safetensors_files(path)? {
+            let file = File::open(&path).with_context(|| format!("cannot open safetensors file {}", path.display()))?;
+            for (name, entry) in index_file(&file, files.len()).with_context(|| format!("{}", path.display()))? {
+                tensors.insert(name, entry);
+            }
+            files.push((path, file));
         }
-        Ok(Self { origin: path.to_path_buf(), tensors })
+        Ok(Self { origin: path.to_path_buf(), files, tensors })
     }
 
     /// Wrap tensors already in memory (tests, converted state).
     pub fn from_tensors(origin: impl Into<PathBuf>, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Self {
-        Self { origin: origin.into(), tensors: tensors.into_iter().collect() }
+        let tensors = tensors.into_iter().map(|(k, t)| (k, Entry::Loaded(t))).collect();
+        Self { origin: origin.into(), files: Vec::new(), tensors }
     }
 
     pub fn origin(&self) -> &Path {
@@ -44,8 +58,39 @@ impl Checkpoint {
         self.tensors.keys().map(String::as_str)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name)
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Shape of a tensor, from the header alone.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.tensors.get(name).map(|e| match e {
+            Entry::Loaded(t) => t.size(),
+            Entry::OnDisk { shape, .. } => shape.clone(),
+        })
+    }
+
+    /// The tensor `name` (read from disk now if it lives there). A read failure (file changed
+    /// or truncated since it was opened) panics with the file name: the header was valid.
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        self.try_get(name).map(|r| r.unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    fn try_get(&self, name: &str) -> Option<Result<Tensor>> {
+        Some(match self.tensors.get(name)? {
+            Entry::Loaded(t) => Ok(t.shallow_clone()),
+            Entry::OnDisk { file, kind, shape, start, len } => {
+                let (path, handle) = &self.files[*file];
+                let mut bytes = vec![0u8; *len];
+                handle
+                    .read_exact_at(&mut bytes, *start)
+                    .with_context(|| format!("cannot read tensor {name} from {}", path.display()))
+                    .and_then(|()| {
+                        Tensor::f_from_data_size(&bytes, shape, *kind)
+                            .with_context(|| format!("cannot build tensor {name} from {}", path.display()))
+                    })
+            }
+        })
     }
 
     /// Copy `prefix + name` for every variable of `vs`. Checkpoint tensors under `prefix` that
@@ -58,10 +103,10 @@ impl Checkpoint {
         let mut used = BTreeSet::new();
         for (name, var) in &variables {
             let key = format!("{prefix}{name}");
-            match self.tensors.get(&key) {
+            match self.shape(&key) {
                 None => missing.push(format!("{key} {:?}", var.size())),
-                Some(t) if t.size() != var.size() => {
-                    misshaped.push(format!("{key}: checkpoint {:?}, model {:?}", t.size(), var.size()))
+                Some(shape) if shape != var.size() => {
+                    misshaped.push(format!("{key}: checkpoint {shape:?}, model {:?}", var.size()))
                 }
                 Some(_) => {
                     used.insert(key);
@@ -70,10 +115,10 @@ impl Checkpoint {
         }
         let unexpected: Vec<String> = self
             .tensors
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix) && !used.contains(*k) && !ignore(&k[prefix.len()..]))
-            .filter(|(k, _)| !variables.contains_key(&k[prefix.len()..]))
-            .map(|(k, t)| format!("{k} {:?}", t.size()))
+            .keys()
+            .filter(|k| k.starts_with(prefix) && !used.contains(*k) && !ignore(&k[prefix.len()..]))
+            .filter(|k| !variables.contains_key(&k[prefix.len()..]))
+            .map(|k| format!("{k} {:?}", self.shape(k).unwrap_or_default()))
             .collect();
         if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
             let mut msg = format!("checkpoint {} does not match the model", self.origin.display());
@@ -88,14 +133,58 @@ impl Checkpoint {
             bail!(msg);
         }
         tch::no_grad(|| {
-            for (name, var) in variables {
-                let src = &self.tensors[&format!("{prefix}{name}")];
-                let mut var = var;
+            for (name, mut var) in variables {
+                let key = format!("{prefix}{name}");
+                let src = self.try_get(&key).expect("checked above")?;
                 var.copy_(&src.to_kind(var.kind()).to_device(var.device()));
             }
-        });
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// Index a safetensors file from its header: `u64` header length, JSON header mapping names
+/// to dtype, shape and data offsets, then the data.
+fn index_file(file: &File, file_index: usize) -> Result<Vec<(String, Entry)>> {
+    let file_len = file.metadata()?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact_at(&mut len_bytes, 0).context("not a safetensors file (shorter than its header length)")?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+        bail!("not a safetensors file (header of {header_len} bytes in a file of {file_len})");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header, 8)?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("not a safetensors file (header is not JSON)")?;
+    let data_start = 8 + header_len;
+    let mut entries = Vec::new();
+    for (name, info) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
+        let bad = |what: &str| anyhow::anyhow!("tensor {name}: {what}");
+        let dtype = info["dtype"].as_str().ok_or_else(|| bad("no dtype"))?;
+        let kind = match dtype {
+            "F64" => Kind::Double,
+            "F32" => Kind::Float,
+            "F16" => Kind::Half,
+            "BF16" => Kind::BFloat16,
+            "I64" => Kind::Int64,
+            "I32" => Kind::Int,
+            "I16" => Kind::Int16,
+            "I8" => Kind::Int8,
+            "U8" => Kind::Uint8,
+            "BOOL" => Kind::Bool,
+            other => bail!("tensor {name}: unsupported dtype {other}"),
+        };
+        let shape: Vec<i64> = serde_json::from_value(info["shape"].clone()).map_err(|_| bad("bad shape"))?;
+        let offsets: [u64; 2] = serde_json::from_value(info["data_offsets"].clone()).map_err(|_| bad("bad data_offsets"))?;
+        let numel: i64 = shape.iter().product();
+        let len = offsets[1].checked_sub(offsets[0]).ok_or_else(|| bad("data_offsets end before they start"))?;
+        if numel < 0 || len != numel as u64 * kind.elt_size_in_bytes() as u64 || data_start + offsets[1] > file_len {
+            bail!("tensor {name}: {dtype} {shape:?} does not fit bytes {}..{} of the data", offsets[0], offsets[1]);
+        }
+        entries.push((name, Entry::OnDisk { file: file_index, kind, shape, start: data_start + offsets[0], len: len as usize }));
+    }
+    Ok(entries)
 }
 
 fn safetensors_files(path: &Path) -> Result<Vec<PathBuf>> {
@@ -203,5 +292,39 @@ mod tests {
         std::fs::write(bin_dir.path().join("pytorch_model.bin"), b"PK").unwrap();
         let err = Checkpoint::open(bin_dir.path()).err().unwrap().to_string();
         assert!(err.contains("stylebridge convert"), "{err}");
+    }
+
+    #[test]
+    fn reads_tensors_on_demand_in_their_stored_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let half = Tensor::from_slice(&[0.5f32, -2.0, 3.25]).to_kind(Kind::Half);
+        let bf16 = Tensor::from_slice(&[1.5f32, 4.0]).to_kind(Kind::BFloat16);
+        let ids = Tensor::from_slice(&[7i64, -1, 2048, 3]).view([2, 2]);
+        Tensor::write_safetensors(&[("h", &half), ("b", &bf16), ("ids", &ids)], &path).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        assert_eq!(ckpt.shape("ids"), Some(vec![2, 2]));
+        assert!(ckpt.contains("b") && !ckpt.contains("x") && ckpt.get("x").is_none());
+        let h = ckpt.get("h").unwrap();
+        assert_eq!(h.kind(), Kind::Half);
+        assert_eq!(Vec::<f32>::try_from(h.to_kind(Kind::Float)).unwrap(), vec![0.5, -2.0, 3.25]);
+        assert_eq!(Vec::<f32>::try_from(ckpt.get("b").unwrap().to_kind(Kind::Float)).unwrap(), vec![1.5, 4.0]);
+        assert_eq!(Vec::<i64>::try_from(ckpt.get("ids").unwrap().view([-1])).unwrap(), vec![7, -1, 2048, 3]);
+    }
+
+    #[test]
+    fn corrupt_safetensors_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"\x05").unwrap();
+        let err = format!("{:#}", Checkpoint::open(&path).err().unwrap());
+        assert!(err.contains("bad.safetensors") && err.contains("not a safetensors file"), "{err}");
+
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+        Tensor::write_safetensors(&[("t", &t)], &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let err = format!("{:#}", Checkpoint::open(&path).err().unwrap());
+        assert!(err.contains("bad.safetensors") && err.contains("tensor t"), "{err}");
     }
 }
