@@ -544,6 +544,80 @@ mod tests {
         }
     }
 
+    fn tiny_model(cache: bool, objectives: Objectives) -> Stage1Model {
+        let cfg = ModelConfig {
+            musicgen: MusicgenSource {
+                tiny: Some(TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 }),
+                ..Default::default()
+            },
+            qformer: QFormerConfig {
+                hidden_size: 8,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                intermediate_size: 16,
+                num_query_tokens: 3,
+                embed_dim: 4,
+                max_position_embeddings: 16,
+                ..Default::default()
+            },
+            objectives,
+            cache_features: cache,
+            ..Default::default()
+        };
+        Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 5).unwrap()
+    }
+
+    /// Two rows: lead note, <s>, 2 piano notes, </s>, pad.
+    fn tiny_inputs(codes_offset: i64) -> Inputs {
+        let note = [4i64, 260, 388, 577, 780, 920, 940, 1200];
+        let mut row: Vec<i64> = note.to_vec();
+        row.extend([0; 8]);
+        row.extend(note.iter().map(|t| t + 1));
+        row.extend(note.iter().map(|t| t + 2));
+        row.extend([2; 8]);
+        row.extend([1; 8]);
+        let tokens = Tensor::from_slice(&[row.clone(), row].concat()).view([2, 48]);
+        let mask = |v: [f32; 6]| Tensor::from_slice(&[v, v].concat()).view([2, 6]);
+        Inputs {
+            codes: (Tensor::arange(2 * 4 * 10, (Kind::Int64, Device::Cpu)).view([2, 4, 10]) + codes_offset).remainder(16),
+            audio_mask: Tensor::ones([2, 10], (Kind::Float, Device::Cpu)),
+            tokens,
+            is_lead_sheet: mask([1., 0., 0., 0., 0., 0.]),
+            is_real: mask([1., 1., 1., 1., 1., 0.]),
+        }
+    }
+
+    #[test]
+    fn cached_features_equal_fresh_ones_and_follow_the_window() {
+        let (mut plain, mut cached) = (tiny_model(false, Objectives::C), tiny_model(true, Objectives::C));
+        for offset in [0, 3, 0] {
+            let x = tiny_inputs(offset);
+            let (a, s) = plain.features(&x).unwrap();
+            let (b, t) = cached.features(&x).unwrap();
+            assert!(a.equal(&b) && s.equal(&t), "offset {offset}");
+        }
+        assert_eq!(cached.cache.as_ref().unwrap().len(), 4, "2 rows x 2 distinct windows");
+    }
+
+    #[test]
+    fn lead_sheet_is_invisible_to_the_symbolic_feature_and_all_losses_are_finite() {
+        let mut model = tiny_model(false, Objectives::CMG);
+        let x = tiny_inputs(0);
+        let (_, s) = model.features(&x).unwrap();
+        // Change the lead-sheet note's pitch: the unimodal pass masks it out.
+        let tokens = x.tokens.copy();
+        let _ = tokens.narrow(1, 3, 1).fill_(600);
+        let (_, s2) = model.features(&Inputs { tokens, ..tiny_inputs(0) }).unwrap();
+        assert!(s.allclose(&s2, 1e-6, 1e-6, false));
+        tch::manual_seed(0);
+        let losses = model.losses(&x, &crate::train::trainer::SingleProcess, true).unwrap();
+        let parts = losses.parts();
+        assert_eq!(parts.len(), 4 + 8, "{parts:?}");
+        assert!(parts.iter().all(|(_, v)| v.is_finite()), "{parts:?}");
+        losses.total.backward();
+        assert!(model.vs.variables()["Qformer.cls.predictions.decoder.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
     #[test]
     fn step_mask_extends_the_last_frame() {
         let frames = Tensor::from_slice(&[1.0f32, 1., 0.]).view([1, 3]);
