@@ -1,6 +1,8 @@
 //! Two-process tests of the c10d layer on Gloo (CPU). Each test starts this same test binary
 //! twice with torchrun's variables and `STYLEBRIDGE_TEST_WORKER` set; in those processes the test
 //! body plays one rank and exits non-zero on any mismatch.
+mod data_parallel_support;
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -236,78 +238,9 @@ mod data_parallel_training {
     //! so weights whose gradient is a cancelling sum (pure rounding, which differs between one
     //! batch of 8 and two gathered batches of 4) jump by +-lr either way.
     use super::*;
+    use data_parallel_support::{write_shards, CONFIG};
     use std::collections::BTreeMap;
     use std::path::Path;
-    use stylebridge::data::encodings::Octuple;
-    use stylebridge::data::pairing::{octuple_ids, remi_ids};
-    use stylebridge::data::shards::{self, AudioLayout, Manifest, PairRow, SplitCount};
-    use stylebridge::data::split::Split;
-
-    const ROWS: usize = 32;
-
-    fn layout() -> AudioLayout {
-        AudioLayout { sample_rate: 32000, frame_rate: 50.0, n_q: 4, pad_code: 2048, window_frames: 40, margin_frames: 10, encodec: "synthetic".into() }
-    }
-
-    /// Row `i`: codes and notes that differ per row, so every pair is distinguishable.
-    fn row(i: usize) -> PairRow {
-        let stored = layout().stored_frames();
-        let codes = (0..4).flat_map(|q| (0..stored).map(move |j| ((i * 61 + q * 7 + j * 13) % 2048) as u16)).collect();
-        let note = |bar: u32, pitch: u32| Octuple { bar, position: 0, program: 0, pitch, duration: 12, velocity: 20, time_signature: 9, tempo: 30 };
-        let lead = [note(0, 72 + (i % 5) as u32), note(1, 74)];
-        let piano: Vec<Octuple> = (0..(i % 5 + 2) as u32).map(|k| note(k % 4, 40 + (i as u32 + k * 3) % 40)).collect();
-        PairRow {
-            song_id: format!("song{:03}", i / 4),
-            split: Split::Train,
-            segment_index: (i % 4) as u32,
-            first_bar: 2 * (i % 4) as u32,
-            end_bar: 2 * (i % 4) as u32 + 4,
-            start_seconds: 4.0 * (i % 4) as f64,
-            end_seconds: 4.0 * (i % 4) as f64 + 8.0,
-            meter_numerator: 4,
-            meter_denominator: 4,
-            tempo_bpm: 120.0,
-            codes_start_frame: 0,
-            codes,
-            lead_octuple: octuple_ids(&lead),
-            piano_octuple: octuple_ids(&piano),
-            lead_remi: remi_ids(&lead),
-            piano_remi: remi_ids(&piano),
-            audio_path: "a.wav".into(),
-            midi_path: "a.mid".into(),
-            lead_sheet_path: "a.chords.txt".into(),
-        }
-    }
-
-    fn write_shards(dir: &Path) {
-        let rows: Vec<PairRow> = (0..ROWS).map(row).collect();
-        let infos = shards::write_split(dir, Split::Train, &rows, 8 * rows[0].approx_bytes()).unwrap();
-        let songs: Vec<String> = rows.iter().map(|r| r.song_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        Manifest {
-            schema_version: shards::SCHEMA_VERSION,
-            audio: layout(),
-            counts: BTreeMap::from([(Split::Train, SplitCount { songs: songs.len(), rows: ROWS })]),
-            songs: BTreeMap::from([(Split::Train, songs)]),
-            shards: infos,
-            skipped: vec![],
-            config: serde_json::json!({}),
-        }
-        .write(dir)
-        .unwrap();
-    }
-
-    const CONFIG: &str = "name: dp
-seed: 3
-data: {workers: 1, prefetch: 2}
-model:
-  musicgen: {tiny: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, ffn_dim: 64, codebook_size: 2048, num_codebooks: 4}}
-  qformer: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, num_query_tokens: 4,
-            embed_dim: 16, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}
-  objectives: C
-train: {batch_size: 8, max_steps: 6, precision: fp32, device: cpu, threads: 1, log_every: 1, eval_every: 0,
-        checkpoint_every: 3, timeout_s: 60, schedule: {peak_lr: 0.001, warmup_steps: 2},
-        optimizer: {eps: 0.001}}
-";
 
     type Weights = BTreeMap<String, Tensor>;
 
@@ -340,7 +273,7 @@ train: {batch_size: 8, max_steps: 6, precision: fp32, device: cpu, threads: 1, l
 
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        write_shards(&dir.path().join("shards"));
+        write_shards(&dir.path().join("shards"), 32);
         std::fs::write(dir.path().join("cfg.yaml"), CONFIG).unwrap();
         dir
     }
