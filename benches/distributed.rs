@@ -1,15 +1,19 @@
 //! Data-parallel cost on CPU (Gloo), 1 vs 2 processes:
-//! - the collectives of one stage-1 step: the gradient all-reduce (bucketed, sizes of the demo
+//! - the collectives of one stage-1 step: the gradient all-reduce (bucketed, sizes of a small
 //!   Q-Former and of BOSSA's BERT-base Q-Former) and the contrastive feature gather (batch 32 x
 //!   32 queries x 256 and 32 x 256 per rank, with gradient), time per call;
-//! - end to end, when `stylebridge train` is built: seconds per optimizer step of the demo config,
-//!   1 process vs `stylebridge launch --nproc-per-node 2` with the same global batch.
+//! - end to end: seconds per optimizer step of stage-1 training (synthetic shards, a small
+//!   Q-Former), 1 process vs `stylebridge launch --nproc-per-node 2` with the same global batch.
 //!
 //! ```text
 //! make cargo ARGS="bench --bench distributed"
 //! ```
 //! Each figure is the median of several calls after a warm-up; the machine is shared, so expect
 //! noise of 10-20 %.
+#[path = "../tests/data_parallel_support/mod.rs"]
+mod data_parallel_support;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use stylebridge::train::distributed::{self, Collective};
@@ -17,9 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 const WORKER: &str = "STYLEBRIDGE_BENCH_WORKER";
 
-/// Gradient sizes (parameters): the demo Q-Former and BOSSA's (BERT-base, 12 layers, with
+/// Gradient sizes (parameters): a small Q-Former and BOSSA's (BERT-base, 12 layers, with
 /// cross-attention every other layer).
-const GRADIENTS: [(&str, i64); 2] = [("demo Q-Former", 2_000_000), ("BOSSA Q-Former", 107_000_000)];
+const GRADIENTS: [(&str, i64); 2] = [("small Q-Former", 2_000_000), ("BOSSA Q-Former", 107_000_000)];
 
 fn median(mut seconds: Vec<f64>) -> f64 {
     seconds.sort_by(f64::total_cmp);
@@ -89,23 +93,34 @@ fn collectives_on_two_processes() {
     }
 }
 
-/// Seconds per step of `stylebridge train` on the demo config, read from the run's metrics.
-fn demo_step_seconds(processes: usize, steps: u64) -> Option<f64> {
-    let bin = env!("CARGO_BIN_EXE_stylebridge");
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(bin);
+/// Median seconds between consecutive logged steps of a run (the first steps, warming up, left out).
+fn step_seconds(metrics: &Path) -> f64 {
+    let times: Vec<f64> = std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["time"].as_f64().unwrap())
+        .collect();
+    median(times.windows(2).skip(2).map(|w| w[1] - w[0]).collect())
+}
+
+/// `stylebridge train` of the synthetic stage-1 config with `processes` x `threads`.
+fn train_step_seconds(dir: &Path, processes: usize, threads: usize, settings: &[String]) -> f64 {
+    let out = dir.join(format!("p{processes}t{threads}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stylebridge"));
     if processes > 1 {
         command.args(["launch", "--nproc-per-node", &processes.to_string(), "--"]);
     }
-    let out_dir = dir.path().display().to_string();
-    command.args(["train", "experiments/demo.yaml", "--set", &format!("output_dir={out_dir}"), "--set", &format!("train.max_steps={steps}")]);
-    let start = Instant::now();
-    let out = command.output().unwrap();
-    if !out.status.success() {
-        println!("  demo training with {processes} process(es) failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
-        return None;
+    command.args(["train", dir.join("cfg.yaml").to_str().unwrap()]);
+    for setting in settings.iter().cloned().chain([
+        format!("output_dir={}", out.display()),
+        format!("data.shards={}", dir.join("shards").display()),
+        format!("train.threads={threads}"),
+    ]) {
+        command.args(["--set", &setting]);
     }
-    Some(start.elapsed().as_secs_f64() / steps as f64)
+    let result = command.output().unwrap();
+    assert!(result.status.success(), "training failed: {}", String::from_utf8_lossy(&result.stderr));
+    step_seconds(&out.join("dp/metrics.jsonl"))
 }
 
 fn main() {
@@ -114,16 +129,30 @@ fn main() {
     }
     println!("Gloo collectives, 2 processes on this CPU (1 thread each):");
     collectives_on_two_processes();
-    let train_built = Command::new(env!("CARGO_BIN_EXE_stylebridge")).args(["train", "--help"]).output().is_ok_and(|o| o.status.success());
-    if !train_built {
-        println!("demo-config scaling: skipped (`stylebridge train` is not part of this build)");
-        return;
-    }
-    let steps = 20;
-    println!("demo config, {steps} optimizer steps, same global batch (wall time per step incl. start-up):");
-    let one = demo_step_seconds(1, steps);
-    let two = demo_step_seconds(2, steps);
-    if let (Some(one), Some(two)) = (one, two) {
-        println!("  1 process: {one:.3} s/step; 2 processes: {two:.3} s/step; speed-up {:.2}x", one / two);
-    }
+    // A Q-Former of 2 layers x 128 over a 1-layer MusicGen of 128, global batch 16, C+M+G.
+    let dir = tempfile::tempdir().unwrap();
+    data_parallel_support::write_shards(&dir.path().join("shards"), 64);
+    std::fs::write(dir.path().join("cfg.yaml"), data_parallel_support::CONFIG).unwrap();
+    let settings: Vec<String> = [
+        "model.musicgen.tiny={hidden_size: 128, num_hidden_layers: 1, num_attention_heads: 4, ffn_dim: 512, codebook_size: 2048, num_codebooks: 4}",
+        "model.qformer.hidden_size=128",
+        "model.qformer.num_hidden_layers=2",
+        "model.qformer.num_attention_heads=4",
+        "model.qformer.intermediate_size=512",
+        "model.qformer.num_query_tokens=8",
+        "model.qformer.embed_dim=64",
+        "model.objectives=CMG",
+        "train.batch_size=16",
+        "train.max_steps=8",
+        "train.checkpoint_every=1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    println!("stage-1 training, synthetic shards, global batch 16 (Q-Former 2 x 128, MusicGen 1 x 128, C+M+G), seconds per step:");
+    let one = train_step_seconds(dir.path(), 1, 1, &settings);
+    let one_two_threads = train_step_seconds(dir.path(), 1, 2, &settings);
+    let two = train_step_seconds(dir.path(), 2, 1, &settings);
+    println!("  1 process x 1 thread:  {one:.3} s");
+    println!("  1 process x 2 threads: {one_two_threads:.3} s");
+    println!("  2 processes x 1 thread (launch, Gloo): {two:.3} s  (speed-up {:.2}x over 1 x 1, {:.2}x over 1 x 2)", one / two, one_two_threads / two);
 }
