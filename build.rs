@@ -31,21 +31,24 @@ fn torch_lib_dir() -> PathBuf {
 /// starts the binary outside `make`. Only multi-process training ever starts Python.
 fn link_libpython() {
     let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
-    let script = "import site, sysconfig; print(sysconfig.get_config_var('LIBDIR')); \
-                  print(sysconfig.get_config_var('LDVERSION')); print(site.getsitepackages()[0])";
+    let script = "import site, sys, sysconfig; print(sysconfig.get_config_var('LIBDIR')); \
+                  print(sysconfig.get_config_var('LDVERSION')); print(site.getsitepackages()[0]); print(sys.base_prefix)";
     let output = Command::new(&python)
         .args(["-c", script])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} to locate libpython: {e}"));
     assert!(output.status.success(), "{python} cannot report its libpython: {}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let [lib_dir, version, site_packages] = text.lines().collect::<Vec<_>>()[..] else {
+    let [lib_dir, version, site_packages, home] = text.lines().collect::<Vec<_>>()[..] else {
         panic!("unexpected answer from {python} about libpython: {text}")
     };
     println!("cargo:rustc-link-search=native={lib_dir}");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     println!("cargo:rustc-link-arg=-lpython{version}");
     println!("cargo:rustc-env=STYLEBRIDGE_BUILD_SITE_PACKAGES={site_packages}");
+    // The embedded interpreter's home (standard library): it cannot find it from the path of a
+    // binary that is not `python`.
+    println!("cargo:rustc-env=STYLEBRIDGE_BUILD_PYTHON_HOME={home}");
 }
 
 fn main() {

@@ -268,6 +268,30 @@ fn site_packages(py: Python<'_>) -> PyResult<String> {
     }
 }
 
+/// Point the embedded interpreter at its standard library before it starts (it cannot find it
+/// from the path of a binary that is not `python`): `PYTHONHOME` if the user set it, else the base
+/// installation of `$STYLEBRIDGE_VENV` (the `home` of its pyvenv.cfg), else the one the binary was
+/// built against.
+fn set_python_home() {
+    if python_started() || std::env::var_os("PYTHONHOME").is_some() {
+        return;
+    }
+    let from_venv = std::env::var("STYLEBRIDGE_VENV")
+        .ok()
+        .filter(|venv| !venv.is_empty())
+        .and_then(|venv| std::fs::read_to_string(std::path::Path::new(&venv).join("pyvenv.cfg")).ok())
+        .and_then(|cfg| base_prefix(&cfg));
+    let home = from_venv.unwrap_or_else(|| env!("STYLEBRIDGE_BUILD_PYTHON_HOME").into());
+    std::env::set_var("PYTHONHOME", home);
+}
+
+/// The base installation of a virtualenv from its pyvenv.cfg: `home = PREFIX/bin` -> PREFIX.
+fn base_prefix(pyvenv_cfg: &str) -> Option<String> {
+    let line = pyvenv_cfg.lines().find(|l| l.split('=').next().is_some_and(|k| k.trim() == "home"))?;
+    let bin = std::path::Path::new(line.split_once('=')?.1.trim());
+    Some(bin.parent()?.display().to_string())
+}
+
 /// This rank's state, as its beats tell the others.
 const RUNNING: u8 = 0;
 const DONE: u8 = 1;
@@ -326,6 +350,7 @@ pub struct C10d {
 impl C10d {
     /// Join the process group (blocks until every rank has arrived, or `timeout`).
     pub fn init(world: &WorldInfo, backend: Backend, timeout: Duration) -> Result<Self> {
+        set_python_home();
         let (bridge, beats) = Python::with_gil(|py| -> PyResult<(Py<PyModule>, PyObject)> {
             let code = format!("SITE_PACKAGES = {:?}\n{BRIDGE_PY}", site_packages(py)?);
             let code = CString::new(code).expect("bridge code has no NUL");
@@ -620,6 +645,13 @@ mod tests {
         seen.observe(vec!["2".into(), "failed".into(), "done".into()], later);
         assert_eq!(seen.failed(0), vec![1]);
         assert!(seen.silent(0, later + Duration::from_secs(9), Duration::from_secs(3)).is_empty(), "failed and done ranks are not silent");
+    }
+
+    #[test]
+    fn venv_base_installation() {
+        let cfg = "home = /opt/py/3.11.7/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n";
+        assert_eq!(base_prefix(cfg).as_deref(), Some("/opt/py/3.11.7"));
+        assert_eq!(base_prefix("version = 3.11.7\n"), None);
     }
 
     #[test]
