@@ -16,7 +16,7 @@ mod data_parallel_support;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use stylebridge::train::distributed::{self, Collective};
+use stylebridge::train::distributed;
 use tch::{Device, Kind, Tensor};
 
 const WORKER: &str = "STYLEBRIDGE_BENCH_WORKER";
