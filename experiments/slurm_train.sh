@@ -4,7 +4,7 @@
 # stylebridge takes rank 0's host from the first entry of SLURM_JOB_NODELIST, uses NCCL between GPUs,
 # and each task sees all GPUs of its node (no per-task GPU binding) and picks cuda:SLURM_LOCALID.
 set -euo pipefail
-config=${1:?usage: sbatch experiments/slurm_1node.sbatch CONFIG.yaml [--set key=value ...]}
+config=${1:?usage: sbatch experiments/slurm_1node.sbatch experiments/stage1_paper.yaml [--set key=value ...]}
 shift
 cd "${SLURM_SUBMIT_DIR:-.}"
 # The binary built by `make build`, and the virtualenv whose torch it embeds for torch.distributed.
