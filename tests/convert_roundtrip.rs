@@ -352,7 +352,7 @@ fn converter_round_trips_every_format() {
         for (name, want) in &expected {
             let got = ckpt.get(name).unwrap();
             assert_eq!(got.kind(), want.kind(), "{folder} {name}");
-            assert_same(name, got, want);
+            assert_same(name, &got, want);
         }
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
