@@ -593,29 +593,25 @@ mod tests {
 
     #[test]
     fn tempo_list_sorted_by_default_and_in_track_order_on_request() {
-        let tempo = |delta: u8, us: [u8; 3]| [delta, 0xFF, 0x51, 0x03, us[0], us[1], us[2]];
-        let mut t0 = tempo(0x60, [0x07, 0xA1, 0x20]).to_vec(); // 120 bpm at 96
-        t0.extend([0x00, 0xFF, 0x2F, 0x00]);
-        let mut t1 = tempo(0x30, [0x09, 0x27, 0xC0]).to_vec(); // 100 bpm at 48
-        t1.extend([0x00, 0xFF, 0x2F, 0x00]);
-        let mut bytes = b"MThd\0\0\0\x06\0\x01\0\x02\0\x60".to_vec();
-        for t in [&t0, &t1] {
-            bytes.extend(b"MTrk");
-            bytes.extend((t.len() as u32).to_be_bytes());
-            bytes.extend(t.iter());
-        }
-        let ticks = |o| parse_with(&bytes, "t.mid", o).unwrap().tempo_changes.iter().map(|t| t.tick).collect::<Vec<_>>();
-        // Default 120 at 0; the 120 at 96 equals the last one so is skipped; 100 at 48.
-        assert_eq!(ticks(TempoOrder::File), vec![0, 48]);
-        let mut t0b = tempo(0x60, [0x06, 0x1A, 0x80]).to_vec(); // 150 bpm at 96
-        t0b.extend([0x00, 0xFF, 0x2F, 0x00]);
-        let mut bytes2 = b"MThd\0\0\0\x06\0\x01\0\x02\0\x60".to_vec();
-        for t in [&t0b, &t1] {
-            bytes2.extend(b"MTrk");
-            bytes2.extend((t.len() as u32).to_be_bytes());
-            bytes2.extend(t.iter());
-        }
-        let ticks2 = |o| parse_with(&bytes2, "t.mid", o).unwrap().tempo_changes.iter().map(|t| t.tick).collect::<Vec<_>>();
+        // One tempo event then end-of-track, as a track body.
+        let track = |delta: u8, us: [u8; 3]| vec![delta, 0xFF, 0x51, 0x03, us[0], us[1], us[2], 0x00, 0xFF, 0x2F, 0x00];
+        let file = |tracks: [&Vec<u8>; 2]| {
+            let mut bytes = b"MThd\0\0\0\x06\0\x01\0\x02\0\x60".to_vec();
+            for t in tracks {
+                bytes.extend(b"MTrk");
+                bytes.extend((t.len() as u32).to_be_bytes());
+                bytes.extend(t.iter());
+            }
+            bytes
+        };
+        let tick_list = |bytes: &[u8], o| parse_with(bytes, "t.mid", o).unwrap().tempo_changes.iter().map(|t| t.tick).collect::<Vec<_>>();
+        let bpm100_at_48 = track(0x30, [0x09, 0x27, 0xC0]);
+        // Default 120 at 0; a 120 at 96 equals the last one so is skipped; 100 at 48.
+        let bytes = file([&track(0x60, [0x07, 0xA1, 0x20]), &bpm100_at_48]);
+        assert_eq!(tick_list(&bytes, TempoOrder::File), vec![0, 48]);
+        // 150 at 96 in the first track, 100 at 48 in the second: track order vs sorted.
+        let bytes2 = file([&track(0x60, [0x06, 0x1A, 0x80]), &bpm100_at_48]);
+        let ticks2 = |o| tick_list(&bytes2, o);
         assert_eq!(ticks2(TempoOrder::File), vec![0, 96, 48]);
         assert_eq!(ticks2(TempoOrder::Sorted), vec![0, 48, 96]);
     }
