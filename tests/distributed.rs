@@ -279,6 +279,15 @@ mod data_parallel_training {
             .map(|step| Tensor::read_safetensors(checkpoints.join(step).join("model.safetensors")).unwrap().into_iter().collect())
     }
 
+    /// (step, loss) of every line of the run's metrics.jsonl that has a loss.
+    fn logged_losses(dir: &Path, out: &str) -> Vec<(u64, f64)> {
+        let text = std::fs::read_to_string(dir.join(out).join("dp/metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+            .collect()
+    }
+
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         write_shards(&dir.path().join("shards"), 32);
@@ -304,6 +313,13 @@ mod data_parallel_training {
             let (diff, name) = max_difference(&one[k], &two[k]);
             eprintln!("step {step}: max difference {diff:e} at {name}");
             assert!(diff <= 1e-5, "step {step}: weights differ by {diff} at {name}");
+        }
+        // Logged losses are reduced over ranks, so both runs log the same global-batch figures.
+        let (one_log, two_log) = (logged_losses(dir.path(), "one"), logged_losses(dir.path(), "two"));
+        assert!(!one_log.is_empty());
+        assert_eq!(one_log.iter().map(|l| l.0).collect::<Vec<_>>(), two_log.iter().map(|l| l.0).collect::<Vec<_>>());
+        for ((step, a), (_, b)) in one_log.iter().zip(&two_log) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "step {step}: logged loss {a} on 1 process, {b} on 2");
         }
         // Training moved the weights, so the agreement is not that of two untouched models.
         let (moved, _) = max_difference(&one[0], &one[1]);

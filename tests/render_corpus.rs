@@ -31,6 +31,15 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
+/// `corpus synth` of `songs` lead sheets at the tests' seed, bars and rate, plus `extra` flags.
+fn synth(out: &Path, songs: usize, extra: &[&str]) -> (bool, String) {
+    let (songs, bars, rate) = (songs.to_string(), BARS.to_string(), RATE.to_string());
+    let mut args =
+        vec!["corpus", "synth", "--out", path_str(out), "--songs", &songs, "--seed", SEED, "--bars", &bars, "--sample-rate", &rate];
+    args.extend_from_slice(extra);
+    stylebridge(&args)
+}
+
 /// Strength of a sinusoid at `freq` in `x` (least-squares amplitude).
 fn tone_amplitude(x: &[f32], rate: u32, freq: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
@@ -165,23 +174,7 @@ fn corpus() -> &'static (tempfile::TempDir, Manifest) {
     CORPUS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("corpus");
-        let bars = BARS.to_string();
-        let rate = RATE.to_string();
-        let args = [
-            "corpus",
-            "synth",
-            "--out",
-            path_str(&out),
-            "--songs",
-            "3",
-            "--seed",
-            SEED,
-            "--bars",
-            &bars,
-            "--sample-rate",
-            &rate,
-        ];
-        let (ok, text) = stylebridge(&args);
+        let (ok, text) = synth(&out, 3, &[]);
         assert!(ok, "{text}");
         assert!(text.contains("14 arrangements of 3 lead sheets"), "{text}");
         let manifest = Manifest::read(&out).unwrap();
@@ -272,26 +265,7 @@ fn corpus_files_agree_with_the_manifest() {
 fn corpus_is_seeded_and_band_parts_are_optional() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("one");
-    let bars = BARS.to_string();
-    let rate = RATE.to_string();
-    let args = [
-        "corpus",
-        "synth",
-        "--out",
-        path_str(&out),
-        "--songs",
-        "1",
-        "--seed",
-        SEED,
-        "--bars",
-        &bars,
-        "--sample-rate",
-        &rate,
-        "--styles",
-        "stride,bossa",
-        "--band",
-    ];
-    let (ok, text) = stylebridge(&args);
+    let (ok, text) = synth(&out, 1, &["--styles", "stride,bossa", "--band"]);
     assert!(ok, "{text}");
     let manifest = Manifest::read(&out).unwrap();
     assert!(manifest.band);

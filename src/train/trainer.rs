@@ -342,8 +342,11 @@ impl<'a> Trainer<'a> {
             progress.inc(1);
 
             let last = state.step == end_step;
-            if self.is_main() && (state.step % cfg.log_every.max(1) == 0 || last) {
+            if state.step % cfg.log_every.max(1) == 0 || last {
+                // Every rank drains its window and takes part in the reduction, so the logged
+                // figures describe the global batch; rank 0 writes them.
                 let mut scalars = window.drain();
+                self.reduce_across_ranks(&mut scalars, task.var_store().device())?;
                 scalars.push(("lr".into(), lr));
                 scalars.push(("grad_norm".into(), grad_norm));
                 scalars.push(("loss_scale".into(), if cfg.precision == Precision::Fp16 { scaler.scale() } else { 1.0 }));
@@ -384,6 +387,22 @@ impl<'a> Trainer<'a> {
         }
         progress.finish();
         Ok(Outcome { state, last_checkpoint, final_validation })
+    }
+
+    /// Average the window's losses over ranks and sum their throughput (`samples_per_s`).
+    fn reduce_across_ranks(&self, scalars: &mut [(String, f64)], device: tch::Device) -> Result<()> {
+        let world = self.collective.world_size();
+        if world == 1 {
+            return Ok(());
+        }
+        let values: Vec<f64> = scalars.iter().map(|(_, v)| *v).collect();
+        let summed = Tensor::from_slice(&values).to_device(device);
+        self.collective.all_reduce_sum(&[summed.shallow_clone()])?;
+        let summed = Vec::<f64>::try_from(summed.to_device(tch::Device::Cpu))?;
+        for ((name, value), total) in scalars.iter_mut().zip(summed) {
+            *value = if name == "samples_per_s" { total } else { total / world as f64 };
+        }
+        Ok(())
     }
 
     fn log(&self, line: &str) {
