@@ -49,26 +49,11 @@ fn rows(n: usize) -> Vec<PairRow> {
         .map(|i| {
             let lead = notes(&mut rng, 40, 0);
             let piano = notes(&mut rng, 100, 0);
+            let codes = (0..stored).map(|_| rng.int_in(0, 2047) as u16).collect();
             PairRow {
-                song_id: format!("song{}", i / 40),
-                split: Split::Train,
-                segment_index: (i % 40) as u32,
-                first_bar: 0,
-                end_bar: 4,
-                start_seconds: 0.0,
-                end_seconds: 8.0,
-                meter_numerator: 4,
-                meter_denominator: 4,
-                tempo_bpm: 120.0,
-                codes_start_frame: 0,
-                codes: (0..stored).map(|_| rng.int_in(0, 2047) as u16).collect(),
-                lead_octuple: octuple_ids(&lead),
-                piano_octuple: octuple_ids(&piano),
                 lead_remi: remi_ids(&lead),
                 piano_remi: remi_ids(&piano),
-                audio_path: String::new(),
-                midi_path: String::new(),
-                lead_sheet_path: String::new(),
+                ..PairRow::synthetic(&format!("song{}", i / 40), Split::Train, (i % 40) as u32, codes, octuple_ids(&lead), octuple_ids(&piano))
             }
         })
         .collect()

@@ -16,27 +16,7 @@ const FRAMES: usize = 8;
 /// Row `id`: every code is `id`, and the first piano note's bar token is `4 + id`.
 fn row(id: u16) -> PairRow {
     let note = |bar: u16| vec![4 + bar, 260, 388, 517 + 60, 777, 921, 943, 1207];
-    PairRow {
-        song_id: format!("s{id}"),
-        split: Split::Test,
-        segment_index: 0,
-        first_bar: 0,
-        end_bar: 4,
-        start_seconds: 0.0,
-        end_seconds: 8.0,
-        meter_numerator: 4,
-        meter_denominator: 4,
-        tempo_bpm: 120.0,
-        codes_start_frame: 0,
-        codes: vec![id; 4 * FRAMES],
-        lead_octuple: note(0),
-        piano_octuple: note(id),
-        lead_remi: vec![],
-        piano_remi: vec![],
-        audio_path: String::new(),
-        midi_path: String::new(),
-        lead_sheet_path: String::new(),
-    }
+    PairRow::synthetic(&format!("s{id}"), Split::Test, 0, vec![id; 4 * FRAMES], note(0), note(id))
 }
 
 fn source(name: &str, ids: std::ops::Range<u16>) -> Source {

@@ -21,27 +21,7 @@ fn pair(song: usize, segment: u32, split: Split) -> PairRow {
     let note = |bar: u16, pos: u16, pitch: u16| vec![4 + bar, 260 + pos, 388, 517 + pitch, 773 + 4, 901 + 20, 933 + 10, 1187 + 20];
     let lead: Vec<u16> = (0..2).flat_map(|i| note(i, 0, 72 + style)).collect();
     let piano: Vec<u16> = (0..3 + style).flat_map(|i| note(i % 4, 12 * style, 48 + 4 * i + style)).collect();
-    PairRow {
-        song_id: format!("song{song}"),
-        split,
-        segment_index: segment,
-        first_bar: 2 * segment,
-        end_bar: 2 * segment + 4,
-        start_seconds: 4.0 * segment as f64,
-        end_seconds: 4.0 * segment as f64 + 8.0,
-        meter_numerator: 4,
-        meter_denominator: 4,
-        tempo_bpm: 120.0,
-        codes_start_frame: 0,
-        codes,
-        lead_octuple: lead,
-        piano_octuple: piano,
-        lead_remi: vec![],
-        piano_remi: vec![],
-        audio_path: format!("song{song}.wav"),
-        midi_path: format!("song{song}.mid"),
-        lead_sheet_path: format!("song{song}.chords.txt"),
-    }
+    PairRow::synthetic(&format!("song{song}"), split, segment, codes, lead, piano)
 }
 
 fn write_shards(dir: &Path, train: usize, valid: usize) {

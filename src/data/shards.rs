@@ -62,6 +62,33 @@ pub struct PairRow {
 }
 
 impl PairRow {
+    /// Segment `segment` of a synthetic 4/4, 120 bpm song (bars `2s..2s+4`, seconds `4s..4s+8`,
+    /// codes from song frame 0, sources `<song>.wav/.mid/.chords.txt`, no REMI ids): the one
+    /// shape that tests and benchmarks build their rows on.
+    pub fn synthetic(song_id: &str, split: Split, segment: u32, codes: Vec<u16>, lead_octuple: Vec<u16>, piano_octuple: Vec<u16>) -> Self {
+        PairRow {
+            song_id: song_id.into(),
+            split,
+            segment_index: segment,
+            first_bar: 2 * segment,
+            end_bar: 2 * segment + 4,
+            start_seconds: 4.0 * f64::from(segment),
+            end_seconds: 4.0 * f64::from(segment) + 8.0,
+            meter_numerator: 4,
+            meter_denominator: 4,
+            tempo_bpm: 120.0,
+            codes_start_frame: 0,
+            codes,
+            lead_octuple,
+            piano_octuple,
+            lead_remi: vec![],
+            piano_remi: vec![],
+            audio_path: format!("{song_id}.wav"),
+            midi_path: format!("{song_id}.mid"),
+            lead_sheet_path: format!("{song_id}.chords.txt"),
+        }
+    }
+
     /// Approximate in-memory size, used to bound shards.
     pub fn approx_bytes(&self) -> usize {
         let tokens = self.codes.len() + self.lead_octuple.len() + self.piano_octuple.len() + self.lead_remi.len() + self.piano_remi.len();
@@ -346,26 +373,15 @@ pub(crate) mod tests {
 
     pub(crate) fn row(song: &str, segment: u32, split: Split) -> PairRow {
         let seed = segment as u16;
+        let codes = (0..4 * 20).map(|i| (i as u16 * 7 + seed) % 33).collect();
+        let lead = vec![4, 260, 388, 577, 780, 920, 940, 1200];
+        let piano = (0..16).map(|i| 4 + i as u16 + seed).collect();
         PairRow {
-            song_id: song.into(),
-            split,
-            segment_index: segment,
-            first_bar: 2 * segment,
-            end_bar: 2 * segment + 4,
-            start_seconds: 4.0 * segment as f64,
-            end_seconds: 4.0 * segment as f64 + 8.0,
             meter_numerator: 3,
-            meter_denominator: 4,
-            tempo_bpm: 120.0,
             codes_start_frame: -7 + i64::from(segment),
-            codes: (0..4 * 20).map(|i| (i as u16 * 7 + seed) % 33).collect(),
-            lead_octuple: vec![4, 260, 388, 577, 780, 920, 940, 1200],
-            piano_octuple: (0..16).map(|i| 4 + i as u16 + seed).collect(),
             lead_remi: vec![679, 933, 6, 134, 323, 530, 670, 5],
             piano_remi: vec![seed; segment as usize],
-            audio_path: format!("/data/{song}.wav"),
-            midi_path: format!("/data/{song}.mid"),
-            lead_sheet_path: format!("/data/{song}.chords.txt"),
+            ..PairRow::synthetic(song, split, segment, codes, lead, piano)
         }
     }
 

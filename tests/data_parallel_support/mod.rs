@@ -20,25 +20,9 @@ pub fn row(i: usize) -> PairRow {
     let lead = [note(0, 72 + (i % 5) as u32), note(1, 74)];
     let piano: Vec<Octuple> = (0..(i % 5 + 2) as u32).map(|k| note(k % 4, 40 + (i as u32 + k * 3) % 40)).collect();
     PairRow {
-        song_id: format!("song{:03}", i / 4),
-        split: Split::Train,
-        segment_index: (i % 4) as u32,
-        first_bar: 2 * (i % 4) as u32,
-        end_bar: 2 * (i % 4) as u32 + 4,
-        start_seconds: 4.0 * (i % 4) as f64,
-        end_seconds: 4.0 * (i % 4) as f64 + 8.0,
-        meter_numerator: 4,
-        meter_denominator: 4,
-        tempo_bpm: 120.0,
-        codes_start_frame: 0,
-        codes,
-        lead_octuple: octuple_ids(&lead),
-        piano_octuple: octuple_ids(&piano),
         lead_remi: remi_ids(&lead),
         piano_remi: remi_ids(&piano),
-        audio_path: "a.wav".into(),
-        midi_path: "a.mid".into(),
-        lead_sheet_path: "a.chords.txt".into(),
+        ..PairRow::synthetic(&format!("song{:03}", i / 4), Split::Train, (i % 4) as u32, codes, octuple_ids(&lead), octuple_ids(&piano))
     }
 }
 
