@@ -6,7 +6,7 @@
 //! - a time signature applies from the position its tick rounds to; before the first one, 4/4;
 //!   of several on one position the last wins;
 //! - a bar's length is fixed when the bar starts (`n * 48 // d` positions of the *reduced*
-//!   signature, see [`time_signature_reduce`]), so a change in mid-bar moves the grid from the next
+//!   signature, see [`reduce_time_signature`]), so a change in mid-bar moves the grid from the next
 //!   bar on;
 //! - the reference builds the grid only up to the last note onset; here it runs on to cover the last
 //!   note's end, so the final bar's end (and a segment's end time) is known.
@@ -15,13 +15,13 @@
 //! change in force from its tick on; of several on one tick the last wins.
 use serde::Serialize;
 
+use crate::data::encodings::reduce_time_signature;
 use crate::data::midi::{Score, DEFAULT_BPM};
 
 /// Onset resolution of both encodings: 12 positions per beat (quarter note).
 pub const POSITIONS_PER_BEAT: u32 = 12;
 /// OctupleMIDI time signatures: denominators 1..=2^6, numerator at most 2 x denominator.
 const MAX_TS_DENOMINATOR: u32 = 64;
-const MAX_BEATS_PER_BAR_FACTOR: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
@@ -31,23 +31,6 @@ pub enum GridError {
     BarTooShort { numerator: u32, denominator: u32, tick: u32 },
     #[error("segments need at least 1 bar and a hop of at least 1 bar (got {bars} bars, hop {hop})")]
     BadSegmentSpec { bars: usize, hop: usize },
-}
-
-/// The reference's `time_signature_reduce`: halve both terms while the denominator exceeds 64, then
-/// split a numerator longer than 2 bars' worth (e.g. 9/4 becomes 3/4) by its smallest factor.
-pub fn time_signature_reduce(mut numerator: u32, mut denominator: u32) -> (u32, u32) {
-    if denominator == 0 {
-        return (numerator, denominator); // not a signature; callers reject it
-    }
-    while denominator > MAX_TS_DENOMINATOR && denominator.is_multiple_of(2) && numerator.is_multiple_of(2) {
-        denominator /= 2;
-        numerator /= 2;
-    }
-    while numerator > MAX_BEATS_PER_BAR_FACTOR * denominator {
-        let factor = (2..=numerator).find(|&i| numerator.is_multiple_of(i)).unwrap_or(numerator);
-        numerator /= factor;
-    }
-    (numerator, denominator)
 }
 
 /// Tick to 1/12-beat position with Python's `round(tick * 12 / tpb)` (ties to even).
@@ -155,7 +138,7 @@ impl BarGrid {
         // (position, reduced signature, original), sorted stably by position.
         let mut changes = Vec::with_capacity(score.time_signatures.len());
         for ts in &score.time_signatures {
-            let (n, d) = time_signature_reduce(ts.numerator, ts.denominator);
+            let (n, d) = reduce_time_signature(ts.numerator, ts.denominator);
             let pos = tick_to_pos(ts.tick, tpb);
             if d == 0 || d > MAX_TS_DENOMINATOR || !d.is_power_of_two() || n == 0 {
                 if pos < strict_end {
@@ -319,12 +302,12 @@ mod tests {
 
     #[test]
     fn reduce_rule_matches_reference() {
-        assert_eq!(time_signature_reduce(4, 4), (4, 4));
-        assert_eq!(time_signature_reduce(6, 8), (6, 8));
-        assert_eq!(time_signature_reduce(9, 4), (3, 4));
-        assert_eq!(time_signature_reduce(4, 128), (2, 64));
-        assert_eq!(time_signature_reduce(25, 8), (5, 8));
-        assert_eq!(time_signature_reduce(3, 0), (3, 0));
+        assert_eq!(reduce_time_signature(4, 4), (4, 4));
+        assert_eq!(reduce_time_signature(6, 8), (6, 8));
+        assert_eq!(reduce_time_signature(9, 4), (3, 4));
+        assert_eq!(reduce_time_signature(4, 128), (2, 64));
+        assert_eq!(reduce_time_signature(25, 8), (5, 8));
+        assert_eq!(reduce_time_signature(3, 0), (3, 0));
     }
 
     #[test]
