@@ -1,7 +1,8 @@
 //! Stage-1 training step on CPU: forward (frozen MusicGen features, then the Q-Former with the
 //! selected objectives), backward and AdamW update, for the demo config (experiments/demo.yaml)
 //! and a medium config. Prints the median step time per objective set, the share of the frozen
-//! MusicGen, and the process's peak resident memory after each config.
+//! MusicGen, the parameter counts, and the process's peak resident memory after each config.
+//! `python_interop/bench_bossa_step.py` times the same demo step in BOSSA's PyTorch code.
 //!
 //! `make cargo ARGS="bench --bench stage1_step"`; STAGE1_BENCH_THREADS sets torch threads (default 2),
 //! STAGE1_BENCH_STEPS the timed steps (default 5).
@@ -9,10 +10,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use stylebridge::config::{self, ExperimentConfig};
+use stylebridge::models::musicgen::MusicgenDecoder;
 use stylebridge::train::optimizer::{AdamW, AdamWConfig};
 use stylebridge::train::stage1::{Inputs, ModelConfig, Objectives, Stage1Model, TinyMusicgen};
 use stylebridge::train::trainer::{Precision, SingleProcess};
-use tch::{Device, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// A batch shaped like the demo's: 508 frames, 20 lead-sheet notes, `<s>`, `piano` notes, `</s>`, padding.
 fn inputs(batch: i64, max_notes: i64, piano: i64, codebook: i64) -> Inputs {
@@ -53,10 +55,24 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Trainable parameters (what AdamW updates) and those of the frozen MusicGen layers that run.
+fn parameter_counts(model: &Stage1Model, model_cfg: &ModelConfig) -> (i64, i64) {
+    let numel = |vs: &VarStore| vs.variables().values().map(Tensor::numel).sum::<usize>() as i64;
+    let config = model.musicgen_config().clone();
+    let layers = model_cfg.musicgen.layers.unwrap_or_else(|| config.bossa_layers());
+    let musicgen = MusicgenDecoder::new(VarStore::new(Device::Cpu), config, layers).expect("MusicGen decoder");
+    (numel(&model.vs), numel(musicgen.var_store()))
+}
+
 fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps: usize) {
     let codebook = model_cfg.musicgen.tiny.as_ref().map_or(2048, |t| t.codebook_size);
     let x = inputs(batch, max_notes, 100.min(max_notes - 22), codebook);
     println!("\n{label}: batch {batch}, {max_notes} notes/sequence, 508 frames");
+    // Built before the timed models; used for the retrieval-features line at the end.
+    let mut features_model =
+        Stage1Model::new(&ModelConfig { objectives: Objectives::C, ..model_cfg.clone() }, Precision::Fp32, Device::Cpu, 0).expect("model");
+    let (trainable, frozen) = parameter_counts(&features_model, model_cfg);
+    println!("  parameters: {trainable} trainable (Q-Former, heads, audio LayerNorm), frozen MusicGen layers {frozen}");
     for objectives in [Objectives::C, Objectives::CM, Objectives::CMG] {
         let cfg = ModelConfig { objectives, cache_features: false, ..model_cfg.clone() };
         let mut model = Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 0).expect("model");
@@ -77,11 +93,10 @@ fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps
         println!("  {:?}: {:.3} s/step median of {steps} ({:.1} samples/s)", objectives, median(times.clone()), batch as f64 / median(times));
     }
     // The frozen part alone (what `cache_features` saves when windows repeat).
-    let mut model = Stage1Model::new(&ModelConfig { objectives: Objectives::C, ..model_cfg.clone() }, Precision::Fp32, Device::Cpu, 0).expect("model");
     let mut times = Vec::new();
     for _ in 0..steps {
         let t = Instant::now();
-        let _ = tch::no_grad(|| model.features(&x)).expect("features");
+        let _ = tch::no_grad(|| features_model.features(&x)).expect("features");
         times.push(t.elapsed().as_secs_f64());
     }
     println!("  retrieval features only (frozen MusicGen + query and note passes, no grad): {:.3} s/batch", median(times));
@@ -93,6 +108,7 @@ fn main() {
     let steps = std::env::var("STAGE1_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     tch::set_num_threads(threads);
     println!("stage-1 training step on CPU, {threads} torch threads, fp32");
+    println!("peak resident memory at start (libtorch loaded): {:.0} MiB", peak_rss_mib());
     let demo_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo.yaml");
     let demo: ExperimentConfig = config::load(&demo_path, &[]).expect("experiments/demo.yaml");
     bench("demo (experiments/demo.yaml)", &demo.model, demo.train.batch_size as i64, demo.data.max_notes as i64, steps);
