@@ -8,7 +8,7 @@ use std::process::Command;
 use tch::Tensor;
 
 /// The venv python the Makefile exports; the parity tests cannot run without it.
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     match std::env::var_os("PYTHON_SYS_EXECUTABLE") {
         Some(p) => PathBuf::from(p),
         None => panic!(
