@@ -138,29 +138,13 @@ fn render_reports_bad_inputs_by_name() {
         time_signatures: vec![],
     };
     midi::write(&empty, &mid).unwrap();
-    let (ok, text) = stylebridge(&[
-        "render",
-        path_str(&mid),
-        "-o",
-        path_str(&out),
-        "--soundfont",
-        "/nonexistent/gm.sf2",
-    ]);
-    assert!(!ok && text.contains("/nonexistent/gm.sf2"), "{text}");
     let bogus = dir.path().join("bogus.sf2");
     std::fs::write(&bogus, b"RIFF....sfbk").unwrap();
-    let (ok, text) = stylebridge(&[
-        "render",
-        path_str(&mid),
-        "-o",
-        path_str(&out),
-        "--soundfont",
-        path_str(&bogus),
-    ]);
-    assert!(
-        !ok && text.contains("bogus.sf2") && text.contains("SoundFont"),
-        "{text}"
-    );
+    // A missing SoundFont and one that is not a SoundFont, each named in the error.
+    for (soundfont, expected) in [("/nonexistent/gm.sf2", "/nonexistent/gm.sf2"), (path_str(&bogus), "bogus.sf2")] {
+        let (ok, text) = stylebridge(&["render", path_str(&mid), "-o", path_str(&out), "--soundfont", soundfont]);
+        assert!(!ok && text.contains(expected) && text.contains("SoundFont"), "{text}");
+    }
     assert!(!out.exists());
 }
 
