@@ -18,8 +18,8 @@ use crate::data::split::Split;
 use crate::train::losses::max_over_queries;
 
 /// How ranks treat equal scores; printed with every report.
-pub const TIE_RULE: &str = "rank = 1 + the number of candidates scoring strictly higher than the true match \
-(a candidate tied with it does not push it down)";
+pub const TIE_RULE: &str = "rank = 1 + the number of other candidates scoring at least as high as the true match \
+(ties count against the query, so a model that scores every candidate alike ranks last, not first)";
 
 /// The `eval.retrieval` config section.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,11 +46,13 @@ impl Default for RetrievalConfig {
 }
 
 /// Rank of the true match of each query: `sim` is [n, n] (query i's true candidate is column i).
+/// Pessimistic on ties ([`TIE_RULE`]): BOSSA's `argsort` breaks them arbitrarily, and an optimistic
+/// rule would reward a collapsed model with Acc@1 = 100 %.
 pub fn ranks(sim: &[f32], n: usize) -> Vec<usize> {
     (0..n)
         .map(|i| {
             let row = &sim[i * n..(i + 1) * n];
-            1 + row.iter().filter(|&&s| s > row[i]).count()
+            1 + row.iter().enumerate().filter(|&(j, &s)| j != i && s >= row[i]).count()
         })
         .collect()
 }
@@ -292,13 +294,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranks_count_strictly_higher_scores_and_ties_favour_the_query() {
-        // Row 0: true score 0.5, one higher -> rank 2. Row 1: true 0.9, tie with column 2 -> rank 1.
-        // Row 2: true 0.1, everything higher -> rank 3.
-        let sim = [0.5f32, 0.7, 0.5, 0.9, 0.9, 0.9, 0.3, 0.2, 0.1];
-        assert_eq!(ranks(&sim, 3), vec![2, 1, 3]);
-        // All tied: every query is rank 1.
-        assert_eq!(ranks(&[1.0f32; 4], 2), vec![1, 1]);
+    fn ranks_count_higher_and_tied_scores_against_the_query() {
+        // Row 0: true score 0.5, one higher and one tied -> rank 3. Row 1: true 0.9, tied with
+        // columns 0 and 2 -> rank 3. Row 2: true 0.3, both others lower -> rank 1.
+        let sim = [0.5f32, 0.7, 0.5, 0.9, 0.9, 0.9, 0.2, 0.1, 0.3];
+        assert_eq!(ranks(&sim, 3), vec![3, 3, 1]);
+        // All tied (a collapsed model): every query ranks last.
+        assert_eq!(ranks(&[1.0f32; 4], 2), vec![2, 2]);
     }
 
     #[test]
