@@ -24,19 +24,11 @@ import time
 import torch
 from transformers import EncodecModel, MusicgenDecoderConfig, MusicgenForCausalLM
 
+from delay_pattern import delay_pattern
 from demo_encodec import read_wav
 
 # The shape of stylebridge's default `tiny` MusicGen (TinyMusicgen::default, experiments/demo.yaml).
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128)
-
-
-def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """[K, T] codes -> [K, T + K] in MusicGen's delay pattern: codebook q is shifted by q + 1."""
-    k, t = codes.shape
-    out = torch.full((k, t + k), pad, dtype=codes.dtype)
-    for q in range(k):
-        out[q, 1 + q : 1 + q + t] = codes[q]
-    return out
 
 
 def encode_songs(encodec_dir, corpus, songs):
@@ -96,7 +88,7 @@ def main():
         for _ in range(args.batch):
             song = codes[torch.randint(len(codes), (1,), generator=generator).item()]
             at = torch.randint(max(1, song.shape[1] - args.frames), (1,), generator=generator).item()
-            windows.append(delay_pattern(song[:, at : at + args.frames], pad))
+            windows.append(delay_pattern(song[None, :, at : at + args.frames], pad)[0])
         ids = torch.nn.utils.rnn.pad_sequence([w.T for w in windows], batch_first=True, padding_value=pad).transpose(1, 2)
         b, _, steps = ids.shape
         logits = model(input_ids=ids.reshape(b * k, steps)).logits.view(b, k, steps, -1)

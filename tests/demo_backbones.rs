@@ -3,15 +3,10 @@
 //! loaders read through the real code path; bad input is refused with the file named.
 mod parity_support;
 
-use std::path::Path;
+use parity_support::run_python;
 use std::process::{Command, Output};
 use stylebridge::models::musicgen::{apply_delay_pattern, MusicgenDecoder};
 use tch::{Device, Kind, Tensor};
-
-fn script(name: &str, args: &[&str]) -> Output {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_interop").join(name);
-    Command::new(parity_support::python()).arg(&path).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
-}
 
 fn ok(output: Output, what: &str) -> String {
     assert!(output.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&output.stderr));
@@ -27,7 +22,7 @@ fn pretrained_tiny_musicgen_loads_through_the_real_path() {
         .output()
         .unwrap();
     ok(synth, "corpus synth");
-    ok(script("demo_encodec.py", &[&path("encodec"), "--corpus", &path("corpus")]), "demo_encodec.py");
+    ok(run_python("demo_encodec.py", &[&path("encodec"), "--corpus", &path("corpus")]), "demo_encodec.py");
 
     // Two arrangements stand for the training split.
     let mut songs: Vec<String> = std::fs::read_dir(dir.path().join("corpus"))
@@ -41,7 +36,7 @@ fn pretrained_tiny_musicgen_loads_through_the_real_path() {
     let musicgen = |out: &str, manifest: &str, extra: &[&str]| {
         let (out, manifest) = (path(out), path(manifest));
         let args = [&[out.as_str(), "--manifest", &manifest, "--encodec", &encodec, "--corpus", &corpus, "--threads", "1"][..], extra].concat();
-        script("demo_musicgen.py", &args)
+        run_python("demo_musicgen.py", &args)
     };
     let log = ok(musicgen("musicgen", "manifest.json", &["--steps", "3", "--batch", "2", "--frames", "40"]), "demo_musicgen.py");
     assert!(log.contains("3 steps") && log.contains("of 2 training songs"), "{log}");

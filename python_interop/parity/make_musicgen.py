@@ -12,6 +12,8 @@ Writes OUT_DIR/model/ (config.json + safetensors) and OUT_DIR/reference.safetens
   exactly (the unconditional encoder state is zero and fully masked, and the projections have no bias).
 """
 import argparse
+import os
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -23,24 +25,14 @@ from transformers import (
     T5Config,
 )
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from delay_pattern import delay_pattern  # noqa: E402  (python_interop/, one level up)
+
 VARIANTS = {
     "small": dict(vocab_size=32, hidden_size=16, num_attention_heads=4, num_hidden_layers=3, ffn_dim=32, num_codebooks=4),
     # Odd width (the sinusoid gets a zero column), 3 codebooks, 5 layers.
     "odd": dict(vocab_size=16, hidden_size=21, num_attention_heads=3, num_hidden_layers=5, ffn_dim=40, num_codebooks=3),
 }
-
-
-def delay_pattern(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """audiocraft `DelayedPatternProvider` (delays 0..K-1) + `build_pattern_sequence`: step 0 is
-    all `pad`; codebook q at step s holds frame s - 1 - q."""
-    b, k, t = codes.shape
-    out = torch.full((b, k, t + k), pad, dtype=codes.dtype)
-    for s in range(t + k):
-        for q in range(k):
-            frame = s - 1 - q
-            if 0 <= frame < t:
-                out[:, q, s] = codes[:, q, frame]
-    return out
 
 
 def bossa_decoder_states(model, input_ids, n_layers, cross_attention: bool):

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use tch::Tensor;
 
 /// The venv python the Makefile exports; the parity tests cannot run without it.
-pub fn python() -> PathBuf {
+fn python() -> PathBuf {
     match std::env::var_os("PYTHON_SYS_EXECUTABLE") {
         Some(p) => PathBuf::from(p),
         None => panic!(
@@ -18,21 +18,17 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// Run `python_interop/<script> <args...>` with the venv python and return its output.
+pub fn run_python(script: &str, args: &[&str]) -> Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_interop").join(script);
+    Command::new(python()).arg(&path).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
 /// Run `python_interop/parity/<script> <out_dir> <args...>`; panics with its stderr on failure.
 pub fn run_script(script: &str, out_dir: &Path, args: &[&str]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_interop/parity").join(script);
-    let output = Command::new(python())
-        .arg(&path)
-        .arg(out_dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(
-        output.status.success(),
-        "{} {args:?} failed:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let out_dir = out_dir.to_str().expect("a UTF-8 temporary path");
+    let output = run_python(&format!("parity/{script}"), &[&[out_dir][..], args].concat());
+    assert!(output.status.success(), "{script} {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// The named tensors of `dir/reference.safetensors`.
