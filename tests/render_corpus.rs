@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use stylebridge::data::audio::load_mono;
-use stylebridge::data::corpus::{Manifest, Style};
+use stylebridge::data::corpus::{touch, Manifest, Style, Touch};
 use stylebridge::data::leadsheet::read_chord_file;
 use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
 
@@ -152,13 +152,14 @@ const SEED: &str = "11";
 const BARS: u32 = 4;
 const RATE: u32 = 16_000;
 
-/// One small corpus shared by the tests below: 3 lead sheets (two in 4/4, one in 3/4), 4 bars.
+/// One small corpus shared by the tests below: 3 lead sheets (two in 4/4, one in 3/4), 4 bars,
+/// every pattern played as written (the drawn touch is checked on its own).
 fn corpus() -> &'static (tempfile::TempDir, Manifest) {
     static CORPUS: OnceLock<(tempfile::TempDir, Manifest)> = OnceLock::new();
     CORPUS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("corpus");
-        let (ok, text) = synth(&out, 3, &[]);
+        let (ok, text) = synth(&out, 3, &["--as-written"]);
         assert!(ok, "{text}");
         assert!(text.contains("14 arrangements of 3 lead sheets"), "{text}");
         let manifest = Manifest::read(&out).unwrap();
@@ -249,7 +250,7 @@ fn corpus_files_agree_with_the_manifest() {
 fn corpus_is_seeded_and_band_parts_are_optional() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("one");
-    let (ok, text) = synth(&out, 1, &["--styles", "stride,bossa", "--band"]);
+    let (ok, text) = synth(&out, 1, &["--styles", "stride,bossa", "--band", "--as-written"]);
     assert!(ok, "{text}");
     let manifest = Manifest::read(&out).unwrap();
     assert!(manifest.band);
@@ -285,6 +286,40 @@ fn corpus_is_seeded_and_band_parts_are_optional() {
         "waltz",
     ]);
     assert!(!ok && text.contains("none of the selected styles"), "{text}");
+}
+
+#[test]
+fn each_arrangement_draws_its_touch_and_the_manifest_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("drawn");
+    let (ok, text) = synth(&out, 3, &[]);
+    assert!(ok, "{text}");
+    let drawn = Manifest::read(&out).unwrap();
+    let (_, plain) = corpus();
+    assert!(plain.items.iter().all(|i| i.touch == Touch::AS_WRITTEN));
+    let seed: u64 = SEED.parse().unwrap();
+    for (item, written) in drawn.items.iter().zip(&plain.items) {
+        assert_eq!((&item.name, item.style), (&written.name, written.style));
+        let index: u64 = item.lead_sheet[2..].parse().unwrap();
+        assert_eq!(item.touch, touch(seed, index, item.style), "{}", item.name);
+        let piano = |dir: &Path| {
+            let score = midi::read(&dir.join(&item.midi)).unwrap();
+            score.instruments.into_iter().find(|i| i.name == "PIANO").unwrap().notes
+        };
+        let (played, as_written) = (piano(&out), piano(&corpus_dir()));
+        // The register moves the whole part (the note count can differ: overlapping repeats of
+        // one pitch pair up differently once staccato shortens them).
+        let span = |notes: &[Note]| {
+            let pitches = notes.iter().map(|n| i32::from(n.pitch));
+            (pitches.clone().min().unwrap(), pitches.max().unwrap())
+        };
+        let ((low, high), (written_low, written_high)) = (span(&played), span(&as_written));
+        let register = item.touch.register;
+        assert_eq!((low, high), (written_low + register, written_high + register), "{}", item.name);
+    }
+    // Two arrangements of one style rarely play it alike.
+    let distinct: std::collections::BTreeSet<String> = drawn.items.iter().map(|i| format!("{:?}", i.touch)).collect();
+    assert!(distinct.len() >= 6, "only {} touches among {} arrangements", distinct.len(), drawn.items.len());
 }
 
 /// Audio features a listener would use to tell accompaniment styles apart: how onsets fall on the

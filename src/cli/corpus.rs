@@ -37,6 +37,10 @@ struct SynthArgs {
     /// Add a plain bass and drum part under the piano (the same for every style).
     #[arg(long)]
     band: bool,
+    /// Play every pattern as written: no per-arrangement register, dynamics, articulation or
+    /// swing, so arrangements of one style differ only by their lead sheet.
+    #[arg(long)]
+    as_written: bool,
     /// SoundFont (.sf2); default as for `stylebridge render`.
     #[arg(long)]
     soundfont: Option<PathBuf>,
@@ -68,6 +72,7 @@ fn synth(a: SynthArgs) -> Result<()> {
             a.styles
         },
         band: a.band,
+        as_written: a.as_written,
         sample_rate: a.sample_rate,
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.jobs).build()?;

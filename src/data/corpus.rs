@@ -16,6 +16,12 @@
 //! | bossa    | 4/4      | root-fifth bass, syncopated 2-bar comping with added ninths      |
 //! | waltz    | 3/4      | bass on 1, staccato chords on 2 and 3                            |
 //!
+//! Each arrangement also draws its own touch, as two pianists playing one pattern differ: the
+//! register of the whole part (as written or an octave lower), its dynamics (three velocity
+//! levels), its articulation (legato or staccato) and its feel (straight or swung off-beats).
+//! Without it every arrangement of a style would sound alike, and retrieval (SPEC 7) could tell
+//! candidates of one style apart only by their lead sheet.
+//!
 //! Output (the "pairs" layout `stylebridge prepare` reads), flat in one folder: for each
 //! arrangement `NAME.mid` (tracks MELODY and PIANO; with a band also BASS and DRUMS),
 //! `NAME.wav` (mono, 16-bit) and `NAME.chords.txt` (POP909 `start end label`, seconds), where
@@ -400,22 +406,60 @@ fn realise(role: Role, chord: &Chord) -> Vec<u8> {
     pitches.into_iter().map(|p| p as u8).collect()
 }
 
-/// The piano part of `sheet` in `style`.
-pub fn piano_part(sheet: &LeadSheetSpec, style: Style, rng: &mut KeyedRng) -> Vec<Note> {
+/// How one arrangement plays its style's pattern (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// Semitones added to every piano note: 0 or -12.
+    pub register: i32,
+    /// Added to every piano velocity: -24 (soft), -12 or 0 (as written).
+    pub dynamics: i32,
+    pub staccato: bool,
+    /// Off-beat eighths (and sixteenths) pushed late onto the triplet grid.
+    pub swing: bool,
+}
+
+impl Touch {
+    pub const AS_WRITTEN: Touch = Touch { register: 0, dynamics: 0, staccato: false, swing: false };
+
+    pub fn draw(rng: &mut KeyedRng) -> Self {
+        Touch {
+            register: pick(rng, &[0, -12]),
+            dynamics: pick(rng, &[-24, -12, 0]),
+            staccato: rng.int_in(0, 1) == 1,
+            swing: rng.int_in(0, 1) == 1,
+        }
+    }
+
+    /// A pattern hit's onset and length in 1/12 beats under this touch.
+    fn timing(self, at: u32, len: u32) -> (u32, u32) {
+        let at = match (self.swing, at % 12) {
+            (true, 6) => at + 2,
+            (true, 3 | 9) => at + 1,
+            _ => at,
+        };
+        (at, if self.staccato { (len / 2).max(2) } else { len })
+    }
+}
+
+/// The piano part of `sheet` in `style`, played with `touch`.
+pub fn piano_part(sheet: &LeadSheetSpec, style: Style, touch: Touch, rng: &mut KeyedRng) -> Vec<Note> {
     let (pattern_bars, hits) = pattern(style, sheet.beats);
     let bar_ticks = sheet.bar_ticks();
     let mut notes = Vec::new();
     for first_bar in (0..sheet.bars()).step_by(pattern_bars as usize) {
         let origin = first_bar * bar_ticks;
         for h in &hits {
-            let start = origin + h.at * TWELFTH;
+            let (at, len) = touch.timing(h.at, h.len);
+            let start = origin + at * TWELFTH;
             let bar = (start / bar_ticks) as usize;
             let Some((_, chord)) = sheet.chords.get(bar) else {
                 continue;
             };
-            let end = (start + h.len * TWELFTH).min((bar as u32 + 1) * bar_ticks);
+            let end = (start + len * TWELFTH).min((bar as u32 + 1) * bar_ticks);
             for pitch in realise(h.role, chord) {
-                let velocity = (i64::from(h.velocity) + PIANO_BOOST + rng.int_in(-5, 5)).clamp(1, 127) as u8;
+                let pitch = (i32::from(pitch) + touch.register) as u8;
+                let nominal = i64::from(h.velocity) + PIANO_BOOST + i64::from(touch.dynamics);
+                let velocity = (nominal + rng.int_in(-5, 5)).clamp(1, 127) as u8;
                 notes.push(Note {
                     start,
                     end,
@@ -488,9 +532,14 @@ fn band_parts(sheet: &LeadSheetSpec) -> [Instrument; 2] {
     ]
 }
 
-/// The arrangement as a score: MELODY (the lead sheet's, POP909's band lead program), PIANO,
-/// and optionally the band.
-pub fn arrangement(sheet: &LeadSheetSpec, style: Style, band: bool, seed: u64, index: u64) -> Score {
+/// The touch of arrangement (`seed`, `index`, `style`).
+pub fn touch(seed: u64, index: u64, style: Style) -> Touch {
+    Touch::draw(&mut KeyedRng::new(&[seed, index, style as u64, 0x544f_5543])) // "TOUC"
+}
+
+/// The arrangement as a score: MELODY (the lead sheet's, POP909's band lead program), PIANO
+/// played with `touch`, and optionally the band.
+pub fn arrangement(sheet: &LeadSheetSpec, style: Style, touch: Touch, band: bool, seed: u64, index: u64) -> Score {
     let mut rng = KeyedRng::new(&[seed, index, style as u64, 0x5049_414e]); // "PIAN"
     let melody_program = POP909_BAND
         .iter()
@@ -507,7 +556,7 @@ pub fn arrangement(sheet: &LeadSheetSpec, style: Style, band: bool, seed: u64, i
             name: PIANO_TRACK.into(),
             program: 0,
             is_drum: false,
-            notes: piano_part(sheet, style, &mut rng),
+            notes: piano_part(sheet, style, touch, &mut rng),
         },
     ];
     if band {
@@ -537,6 +586,7 @@ pub struct Item {
     pub name: String,
     pub lead_sheet: String,
     pub style: Style,
+    pub touch: Touch,
     pub key: String,
     pub tempo_bpm: f64,
     pub meter: String,
@@ -576,6 +626,9 @@ pub struct SynthOptions {
     pub bars: u32,
     pub styles: Vec<Style>,
     pub band: bool,
+    /// Play every pattern as written (no drawn touch): arrangements of one style differ only
+    /// by their lead sheet.
+    pub as_written: bool,
     pub sample_rate: u32,
 }
 
@@ -633,7 +686,8 @@ fn write_item(
     index: u64,
 ) -> Result<Item> {
     let name = format!("{}_{}", sheet.id, style.name());
-    let score = arrangement(sheet, style, options.band, options.seed, index);
+    let touch = if options.as_written { Touch::AS_WRITTEN } else { touch(options.seed, index, style) };
+    let score = arrangement(sheet, style, touch, options.band, options.seed, index);
     let (midi_name, audio_name, chord_name) = (
         format!("{name}.mid"),
         format!("{name}.wav"),
@@ -668,6 +722,7 @@ fn write_item(
         name,
         lead_sheet: sheet.id.clone(),
         style,
+        touch,
         key: sheet.key_label(),
         tempo_bpm: sheet.bpm,
         meter: format!("{}/4", sheet.beats),
@@ -716,8 +771,10 @@ mod tests {
     fn piano_parts_use_chord_tones_inside_their_bar() {
         for index in 0..3 {
             let sheet = lead_sheet(1, index, 8);
-            for style in Style::ALL.into_iter().filter(|s| s.fits(sheet.beats)) {
-                let notes = piano_part(&sheet, style, &mut KeyedRng::new(&[0]));
+            let low_swung_staccato = Touch { register: -12, dynamics: -24, staccato: true, swing: true };
+            let styles = Style::ALL.into_iter().filter(|s| s.fits(sheet.beats));
+            for (style, touch) in styles.flat_map(|s| [(s, Touch::AS_WRITTEN), (s, low_swung_staccato)]) {
+                let notes = piano_part(&sheet, style, touch, &mut KeyedRng::new(&[0]));
                 assert!(!notes.is_empty());
                 for n in &notes {
                     let bar = (n.start / sheet.bar_ticks()) as usize;
@@ -730,9 +787,36 @@ mod tests {
                         sheet.chords[bar].0
                     );
                     assert!(n.end <= (bar as u32 + 1) * sheet.bar_ticks() && n.end > n.start);
-                    assert!((36..=84).contains(&n.pitch));
+                    assert!((36 + touch.register..=84).contains(&i32::from(n.pitch)));
                 }
             }
         }
+    }
+
+    #[test]
+    fn touch_moves_register_dynamics_length_and_off_beats() {
+        let sheet = lead_sheet(2, 0, 8);
+        let plain = piano_part(&sheet, Style::Alberti, Touch::AS_WRITTEN, &mut KeyedRng::new(&[0]));
+        let touch = Touch { register: -12, dynamics: -12, staccato: true, swing: true };
+        let played = piano_part(&sheet, Style::Alberti, touch, &mut KeyedRng::new(&[0]));
+        assert_eq!(plain.len(), played.len());
+        for (a, b) in plain.iter().zip(&played) {
+            assert_eq!(i32::from(b.pitch), i32::from(a.pitch) - 12);
+            assert_eq!(i32::from(b.velocity), (i32::from(a.velocity) - 12).clamp(1, 127));
+            // Alberti eighths: on-beat ones stay, off-beat ones move a triplet eighth late.
+            let offset = if (a.start / TWELFTH) % 12 == 6 { 2 * TWELFTH } else { 0 };
+            assert_eq!(b.start, a.start + offset);
+            assert_eq!(b.end - b.start, (a.end - a.start) / 2);
+        }
+        // Every option is drawn somewhere in a corpus-sized sample.
+        let touches: Vec<Touch> = (0..40).map(|i| super::touch(0, i, Style::Block)).collect();
+        for register in [0, -12] {
+            assert!(touches.iter().any(|t| t.register == register));
+        }
+        for dynamics in [-24, -12, 0] {
+            assert!(touches.iter().any(|t| t.dynamics == dynamics));
+        }
+        assert!(touches.iter().any(|t| t.staccato) && touches.iter().any(|t| !t.staccato));
+        assert!(touches.iter().any(|t| t.swing) && touches.iter().any(|t| !t.swing));
     }
 }
