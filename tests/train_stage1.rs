@@ -147,6 +147,17 @@ fn train_writes_metrics_and_checkpoints_and_eval_reports() {
     assert_eq!(rows.len(), 3, "random, untransposed, transposed");
     assert_eq!(rows[1]["queries"], 6);
     assert_eq!(rows[1]["summary"]["runs"].as_array().unwrap().len(), 2);
+    // Every query's outcome is kept, and the figures are those of these ranks.
+    let queries = json["queries"].as_array().unwrap();
+    assert_eq!(queries.len(), 2 * 2 * 6, "2 runs x 6 queries, with and without transposition");
+    let plain: Vec<&serde_json::Value> = queries.iter().filter(|q| q["transposed"] == false).collect();
+    let hits = plain.iter().filter(|q| q["rank"] == 1).count() as f64;
+    let acc1 = rows[1]["summary"]["acc1"]["mean"].as_f64().unwrap();
+    assert!((acc1 - 100.0 * hits / plain.len() as f64).abs() < 1e-9, "acc1 {acc1} vs {hits} hits");
+    for q in &plain {
+        assert_eq!(q["rank"] == 1, q["query"] == q["top1"], "{q}");
+    }
+    assert!(md.contains("Top-1 another window of the song"), "{md}");
 }
 
 #[test]

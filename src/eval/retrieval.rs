@@ -57,6 +57,28 @@ pub fn ranks(sim: &[f32], n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// How one query fared, for error analysis (kept in `retrieval.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryOutcome {
+    /// The row label (`Row::data`) of the draw.
+    pub data: String,
+    pub run: usize,
+    pub transposed: bool,
+    /// `song#segment` of the query and of its best-scoring candidate.
+    pub query: String,
+    pub top1: String,
+    pub rank: usize,
+}
+
+impl QueryOutcome {
+    /// Whether the best candidate is another window of the query's own song: with 2-bar hops,
+    /// neighbouring windows share half their bars, the hardest confusion the protocol has.
+    pub fn top1_same_song(&self) -> bool {
+        let song = |id: &str| id.rsplit_once('#').map_or(id, |(song, _)| song).to_string();
+        self.top1 != self.query && song(&self.top1) == song(&self.query)
+    }
+}
+
 /// Figures of one run, in percent (accuracies) and candidates (mean rank).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
@@ -134,6 +156,9 @@ pub struct Row {
     pub transposed: bool,
     pub queries: usize,
     pub summary: Summary,
+    /// Percentage of queries whose best candidate is another window of their own song (none
+    /// for the random-guess row).
+    pub top1_same_song: Option<Estimate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +167,7 @@ pub struct Report {
     pub tie_rule: String,
     pub config: RetrievalConfig,
     pub rows: Vec<Row>,
+    pub queries: Vec<QueryOutcome>,
 }
 
 /// Rows of `source` drawn for `run`: `count` distinct indices (partial Fisher-Yates keyed by
@@ -191,7 +217,7 @@ fn counts(cfg: &RetrievalConfig, sources: &[Source]) -> Result<Vec<usize>> {
     Ok(counts)
 }
 
-/// Ranks of one run: embed the drawn pairs (candidates transposed when `transposed`) and rank.
+/// Outcomes of one run: embed the drawn pairs (candidates transposed when `transposed`) and rank.
 fn run_ranks(
     model: &mut dyn Embedder,
     sources: &[Source],
@@ -200,12 +226,13 @@ fn run_ranks(
     options: &LoaderOptions,
     run: usize,
     transposed: bool,
-) -> Result<Vec<usize>> {
+) -> Result<Vec<QueryOutcome>> {
     let mut rows = Vec::new();
     for (s, (source, &count)) in sources.iter().zip(counts).enumerate() {
         rows.extend(draw_rows(source.set.rows.len(), count, cfg.seed, run, s).into_iter().map(|r| source.set.rows[r].clone()));
     }
     let n = rows.len();
+    let ids: Vec<String> = rows.iter().map(|r| format!("{}#{}", r.song_id, r.segment_index)).collect();
     let set = Arc::new(PairSet { split: sources[0].set.split, layout: sources[0].set.layout.clone(), rows });
     let loader = Loader::new(set, LoaderOptions { augment: transposed, ..options.clone() })?;
     let (mut audio, mut symbolic) = (Vec::new(), Vec::new());
@@ -216,7 +243,18 @@ fn run_ranks(
     }
     let sim = max_over_queries(&Tensor::cat(&audio, 0), &Tensor::cat(&symbolic, 0));
     let sim: Vec<f32> = Vec::try_from(sim.reshape([-1]).to_device(tch::Device::Cpu)).context("similarity matrix")?;
-    Ok(ranks(&sim, n))
+    let outcomes = ranks(&sim, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, rank)| {
+            let row = &sim[i * n..(i + 1) * n];
+            // Ties go against the query, as in the rank.
+            let rival = (0..n).filter(|&j| j != i).reduce(|best, j| if row[j] > row[best] { j } else { best });
+            let best = rival.filter(|&j| row[j] >= row[i]).unwrap_or(i);
+            QueryOutcome { data: String::new(), run, transposed, query: ids[i].clone(), top1: ids[best].clone(), rank }
+        })
+        .collect();
+    Ok(outcomes)
 }
 
 /// The full protocol: mixed rows with and without transposition, a random-guess row, and (with
@@ -249,42 +287,52 @@ pub fn evaluate(model: &mut dyn Embedder, sources: &[Source], cfg: &RetrievalCon
             groups.push((s.name.clone(), vec![i], vec![count]));
         }
     }
-    let mut rows = Vec::new();
+    let (mut rows, mut outcomes) = (Vec::new(), Vec::new());
     for (label, members, counts) in groups {
         let picked: Vec<Source> = members.iter().map(|&i| Source { name: sources[i].name.clone(), set: Arc::clone(&sources[i].set) }).collect();
         let queries = counts.iter().sum();
-        rows.push(Row { model: "random guess".into(), data: label.clone(), transposed: false, queries, summary: random_guess(queries, cfg.runs, cfg.seed) });
+        let summary = random_guess(queries, cfg.runs, cfg.seed);
+        rows.push(Row { model: "random guess".into(), data: label.clone(), transposed: false, queries, summary, top1_same_song: None });
         for transposed in [false, true] {
-            let per_run = (0..cfg.runs)
-                .map(|run| run_ranks(model, &picked, &counts, cfg, &options, run, transposed).map(|r| figures(&r)))
-                .collect::<Result<Vec<_>>>()?;
-            rows.push(Row { model: "stage 1".into(), data: label.clone(), transposed, queries, summary: summarize(&per_run) });
+            let (mut per_run, mut same_song) = (Vec::new(), Vec::new());
+            for run in 0..cfg.runs {
+                let run_outcomes = run_ranks(model, &picked, &counts, cfg, &options, run, transposed)?;
+                per_run.push(figures(&run_outcomes.iter().map(|o| o.rank).collect::<Vec<_>>()));
+                let share = run_outcomes.iter().filter(|o| o.top1_same_song()).count() as f64 / run_outcomes.len() as f64;
+                same_song.push(100.0 * share);
+                outcomes.extend(run_outcomes.into_iter().map(|o| QueryOutcome { data: label.clone(), ..o }));
+            }
+            let summary = summarize(&per_run);
+            rows.push(Row { model: "stage 1".into(), data: label.clone(), transposed, queries, summary, top1_same_song: Some(estimate(&same_song)) });
         }
     }
-    Ok(Report { checkpoint: checkpoint.to_string(), tie_rule: TIE_RULE.to_string(), config: cfg.clone(), rows })
+    Ok(Report { checkpoint: checkpoint.to_string(), tie_rule: TIE_RULE.to_string(), config: cfg.clone(), rows, queries: outcomes })
 }
 
 impl Report {
     pub fn to_markdown(&self) -> String {
         let mut out = format!(
-            "## Audio-to-MIDI retrieval ({} runs; checkpoint {})\n\n| Model | Data | Candidates transposed | Queries | Acc@1 (%) | Acc@5 (%) | Mean rank |\n|---|---|---|---|---|---|---|\n",
+            "## Audio-to-MIDI retrieval ({} runs; checkpoint {})\n\n| Model | Data | Candidates transposed | Queries | Acc@1 (%) | Acc@5 (%) | Mean rank | Top-1 another window of the song (%) |\n|---|---|---|---|---|---|---|---|\n",
             self.config.runs, self.checkpoint
         );
         for row in &self.rows {
             let s = &row.summary;
             let f = |e: &Estimate| format!("{:.1} ± {:.1}", e.mean, e.se);
             out += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 row.model,
                 row.data,
                 if row.transposed { "yes" } else { "no" },
                 row.queries,
                 f(&s.acc1),
                 f(&s.acc5),
-                f(&s.mean_rank)
+                f(&s.mean_rank),
+                row.top1_same_song.as_ref().map_or("–".to_string(), f)
             );
         }
         out += &format!("\nMean ± standard error over runs (std ddof 1 / sqrt(runs)). Tie rule: {}.\n", self.tie_rule);
+        out += "Last column: queries whose best candidate is another window of their own song (2-bar hops make \
+neighbouring windows share half their bars); every query's rank and best candidate are in retrieval.json.\n";
         out
     }
 }
@@ -301,6 +349,22 @@ mod tests {
         assert_eq!(ranks(&sim, 3), vec![3, 3, 1]);
         // All tied (a collapsed model): every query ranks last.
         assert_eq!(ranks(&[1.0f32; 4], 2), vec![2, 2]);
+    }
+
+    #[test]
+    fn same_song_confusions_are_other_windows_of_the_query_song() {
+        let outcome = |query: &str, top1: &str| QueryOutcome {
+            data: String::new(),
+            run: 0,
+            transposed: false,
+            query: query.into(),
+            top1: top1.into(),
+            rank: 2,
+        };
+        assert!(outcome("ls000_block#1", "ls000_block#0").top1_same_song());
+        assert!(!outcome("ls000_block#1", "ls000_block#1").top1_same_song(), "a hit is no confusion");
+        assert!(!outcome("ls000_block#1", "ls000_alberti#1").top1_same_song());
+        assert!(outcome("a#b#12", "a#b#3").top1_same_song(), "the segment is after the last #");
     }
 
     #[test]
