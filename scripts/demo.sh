@@ -37,7 +37,7 @@ done
 PY=${PYTHON_SYS_EXECUTABLE:-python3}
 CONFIG=experiments/demo.yaml
 echo "== embedded style corpus"
-"$BIN" corpus synth --songs 24 --seed 0 --out "$OUT/corpus"
+"$BIN" corpus synth --songs 144 --seed 0 --out "$OUT/corpus"
 echo "== tiny EnCodec (32 kHz, 50 codes/s, 4 x 2048 codes; random encoder, codebooks drawn from the corpus)"
 "$PY" python_interop/demo_encodec.py "$OUT/encodec" --corpus "$OUT/corpus" > "$OUT/encodec.log" 2>&1 \
     || { cat "$OUT/encodec.log" >&2; exit 1; }
