@@ -9,7 +9,7 @@
 //! Figures are medians of several runs; the machine is shared, so expect 10-20 % noise.
 use std::time::Instant;
 use stylebridge::data::audio::{load_mono, write_wav};
-use stylebridge::data::corpus::{arrangement, lead_sheet, synthesize, touch, Style, SynthOptions};
+use stylebridge::data::corpus::{arrangement, drawn_touch, lead_sheet, synthesize, Style, SynthOptions};
 use stylebridge::data::render::{resolve_soundfont, SoundFontSynth};
 
 fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let synth = SoundFontSynth::load(&font)?;
     let sheet = lead_sheet(0, 0, 8);
     for style in [Style::Block, Style::Arpeggio] {
-        let score = arrangement(&sheet, style, touch(0, 0, style), true, 0, 0);
+        let score = arrangement(&sheet, style, drawn_touch(0, 0, style), true, 0, 0);
         let mut audio_s = 0.0;
         let t = median_seconds(5, || {
             audio_s = synth.render(&score, 32_000).expect("render").len() as f64 / 32_000.0;

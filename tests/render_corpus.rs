@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use stylebridge::data::audio::load_mono;
-use stylebridge::data::corpus::{touch, Manifest, Style, Touch};
+use stylebridge::data::corpus::{drawn_touch, Manifest, Style, Touch};
 use stylebridge::data::leadsheet::read_chord_file;
 use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
 
@@ -301,7 +301,7 @@ fn each_arrangement_draws_its_touch_and_the_manifest_records_it() {
     for (item, written) in drawn.items.iter().zip(&plain.items) {
         assert_eq!((&item.name, item.style), (&written.name, written.style));
         let index: u64 = item.lead_sheet[2..].parse().unwrap();
-        assert_eq!(item.touch, touch(seed, index, item.style), "{}", item.name);
+        assert_eq!(item.touch, drawn_touch(seed, index, item.style), "{}", item.name);
         let piano = |dir: &Path| {
             let score = midi::read(&dir.join(&item.midi)).unwrap();
             score.instruments.into_iter().find(|i| i.name == "PIANO").unwrap().notes

@@ -532,8 +532,8 @@ fn band_parts(sheet: &LeadSheetSpec) -> [Instrument; 2] {
     ]
 }
 
-/// The touch of arrangement (`seed`, `index`, `style`).
-pub fn touch(seed: u64, index: u64, style: Style) -> Touch {
+/// The touch drawn for arrangement (`seed`, `index`, `style`) unless the corpus is `as_written`.
+pub fn drawn_touch(seed: u64, index: u64, style: Style) -> Touch {
     Touch::draw(&mut KeyedRng::new(&[seed, index, style as u64, 0x544f_5543])) // "TOUC"
 }
 
@@ -686,7 +686,7 @@ fn write_item(
     index: u64,
 ) -> Result<Item> {
     let name = format!("{}_{}", sheet.id, style.name());
-    let touch = if options.as_written { Touch::AS_WRITTEN } else { touch(options.seed, index, style) };
+    let touch = if options.as_written { Touch::AS_WRITTEN } else { drawn_touch(options.seed, index, style) };
     let score = arrangement(sheet, style, touch, options.band, options.seed, index);
     let (midi_name, audio_name, chord_name) = (
         format!("{name}.mid"),
@@ -809,7 +809,7 @@ mod tests {
             assert_eq!(b.end - b.start, (a.end - a.start) / 2);
         }
         // Every option is drawn somewhere in a corpus-sized sample.
-        let touches: Vec<Touch> = (0..40).map(|i| super::touch(0, i, Style::Block)).collect();
+        let touches: Vec<Touch> = (0..40).map(|i| drawn_touch(0, i, Style::Block)).collect();
         for register in [0, -12] {
             assert!(touches.iter().any(|t| t.register == register));
         }
