@@ -74,7 +74,9 @@ impl QueryOutcome {
     /// Whether the best candidate is another window of the query's own song: with 2-bar hops,
     /// neighbouring windows share half their bars, the hardest confusion the protocol has.
     pub fn top1_same_song(&self) -> bool {
-        let song = |id: &str| id.rsplit_once('#').map_or(id, |(song, _)| song).to_string();
+        fn song(id: &str) -> &str {
+            id.rsplit_once('#').map_or(id, |(song, _)| song)
+        }
         self.top1 != self.query && song(&self.top1) == song(&self.query)
     }
 }
