@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use stylebridge::config::PrepareConfig;
+use stylebridge::data::prepare::{PrepareConfig, SourceKind};
 use stylebridge::data::pairing::{octuple_ids, remi_ids, segment_pairs};
 use stylebridge::data::prepare::{self, EncoderPool};
 use stylebridge::data::render::{resolve_soundfont, SoundFontSynth};
@@ -48,7 +48,7 @@ fn embedded_corpus() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "corpus synth failed");
-    let config = PrepareConfig { source: stylebridge::config::SourceKind::Pairs, input: Some(dir.path().to_path_buf()), ..Default::default() };
+    let config = PrepareConfig { source: SourceKind::Pairs, input: Some(dir.path().to_path_buf()), ..Default::default() };
     let songs = prepare::discover(&config)?;
     for rate in [32_000, 24_000] {
         let start = Instant::now();

@@ -12,7 +12,8 @@ use std::time::Instant;
 use stylebridge::config::{self, ExperimentConfig};
 use stylebridge::models::musicgen::MusicgenDecoder;
 use stylebridge::train::optimizer::{AdamW, AdamWConfig};
-use stylebridge::train::stage1::{Inputs, ModelConfig, MusicgenSource, Objectives, Stage1Model, TinyMusicgen};
+use stylebridge::models::frozen_audio::{MusicgenSource, TinyMusicgen};
+use stylebridge::train::stage1::{Inputs, ModelConfig, Objectives, Stage1Model};
 use stylebridge::train::trainer::{Precision, SingleProcess};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -113,7 +114,7 @@ fn main() {
     let demo: ExperimentConfig = config::load(&demo_path, &[]).expect("experiments/demo.yaml");
     // `make demo` pretrains its MusicGen (python_interop/demo_musicgen.py) at the default tiny shape;
     // the step time does not depend on the weights, so a random decoder of that shape stands in.
-    let mut demo_model = demo.model.clone();
+    let config::ModelConfig::Stage1(mut demo_model) = demo.model.clone();
     demo_model.musicgen = MusicgenSource {
         tiny: Some(TinyMusicgen::default()),
         ..MusicgenSource::default()

@@ -62,6 +62,7 @@ data:
   workers: 1
   prefetch: 2
 model:
+  kind: stage1
   musicgen:
     tiny: {{hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 32, codebook_size: {CODEBOOK}}}
   qformer: {{hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 32, num_query_tokens: 4, embed_dim: 8, max_position_embeddings: 64}}

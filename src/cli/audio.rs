@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::audio::load_mono;
 use crate::models::encodec::Encodec;
-use crate::models::musicgen::{apply_delay_pattern, MusicgenDecoder};
+use crate::models::frozen_audio::{encode_file, FrozenAudio, MusicgenSource};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,9 +35,9 @@ struct Common {
     /// Output .safetensors file (written atomically).
     #[arg(short, long, value_name = "OUT.safetensors")]
     output: PathBuf,
-    /// Run on the GPU (CUDA) instead of the CPU.
-    #[arg(long)]
-    cuda: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(clap::Args)]
@@ -67,35 +66,22 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 impl Common {
-    fn device(&self) -> Result<Device> {
-        anyhow::ensure!(!self.cuda || tch::Cuda::is_available(), "--cuda given but no CUDA device is available");
-        Ok(if self.cuda { Device::Cuda(0) } else { Device::Cpu })
-    }
-
     fn load_encodec(&self, device: Device) -> Result<Encodec> {
         Encodec::load(&self.encodec, device).with_context(|| format!("cannot load EnCodec from {}", self.encodec.display()))
     }
 
     /// Decode the input and encode it: codes `[1, n_q, frames]`, and a line describing them.
     fn encode(&self, encodec: &Encodec) -> Result<(Tensor, String)> {
-        let rate = encodec.config().sampling_rate;
-        let samples = load_mono(&self.input, rate)?;
-        anyhow::ensure!(!samples.is_empty(), "{}: no audio samples", self.input.display());
-        let audio = Tensor::from_slice(&samples).view([1, 1, -1]);
-        let codes = encodec.encode(&audio).with_context(|| format!("cannot encode {}", self.input.display()))?;
-        let summary = format!(
-            "{:.2} s at {rate} Hz -> {} frames at {} Hz",
-            samples.len() as f64 / rate as f64,
-            codes.size()[2],
-            encodec.config().frame_rate()
-        );
+        let (codes, seconds) = encode_file(encodec, &self.input)?;
+        let c = encodec.config();
+        let summary = format!("{seconds:.2} s at {} Hz -> {} frames at {} Hz", c.sampling_rate, codes.size()[2], c.frame_rate());
         Ok((codes, summary))
     }
 }
 
 fn codes(args: CodesArgs) -> Result<()> {
     let common = &args.common;
-    let encodec = common.load_encodec(common.device()?)?;
+    let encodec = common.load_encodec(crate::device::parse(&common.device)?)?;
     let (codes, summary) = common.encode(&encodec)?;
     let codes = codes.squeeze_dim(0).to_device(Device::Cpu);
     write_safetensors(&common.output, &[("codes", &codes)])?;
@@ -104,31 +90,22 @@ fn codes(args: CodesArgs) -> Result<()> {
 
 fn features(args: FeaturesArgs) -> Result<()> {
     let common = &args.common;
-    let device = common.device()?;
+    let device = crate::device::parse(&common.device)?;
     // Load both models first: a bad --layer or checkpoint fails before the audio is decoded.
-    let decoder = MusicgenDecoder::load(&args.musicgen, args.layer, device, Kind::Float)
-        .with_context(|| format!("cannot load the MusicGen decoder from {}", args.musicgen.display()))?;
+    let source = MusicgenSource { checkpoint: Some(args.musicgen.clone()), layers: args.layer, tiny: None };
+    let mut audio = FrozenAudio::new(&source, Kind::Float, device, 0)?;
     let encodec = common.load_encodec(device)?;
-    let (made, read) = (encodec.config().num_quantizers_used(), decoder.config().num_codebooks);
-    anyhow::ensure!(
-        made == read && encodec.config().codebook_size <= decoder.config().vocab_size,
-        "EnCodec in {} makes {made} codebooks of {} codes but the MusicGen decoder in {} reads {read} of {}",
-        common.encodec.display(),
-        encodec.config().codebook_size,
-        args.musicgen.display(),
-        decoder.config().vocab_size
-    );
+    audio.check_encodec(&encodec, &format!("EnCodec in {} and MusicGen in {}", common.encodec.display(), args.musicgen.display()))?;
     let (codes, summary) = common.encode(&encodec)?;
-    let input_ids = apply_delay_pattern(&codes, decoder.config().pad_token())?;
-    let features = tch::no_grad(|| decoder.features(&input_ids))?.squeeze_dim(0).to_device(Device::Cpu);
+    let features = audio.states(&codes)?.squeeze_dim(0).to_device(Device::Cpu);
     let codes = codes.squeeze_dim(0).to_device(Device::Cpu);
     write_safetensors(&common.output, &[("features", &features), ("codes", &codes)])?;
     super::emit(&format!(
         "{}: features {:?} from layer {} of {} ({summary})\n",
         common.output.display(),
         features.size(),
-        decoder.num_layers(),
-        decoder.config().num_hidden_layers
+        audio.decoder().num_layers(),
+        audio.config().num_hidden_layers
     ))
 }
 

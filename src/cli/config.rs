@@ -13,6 +13,5 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg: ExperimentConfig = load(&args.config, &args.overrides)?;
-    print!("{}", serde_yaml_ng::to_string(&cfg)?);
-    Ok(())
+    super::emit(&crate::yaml::to_string(&cfg)?)
 }

@@ -3,12 +3,12 @@ use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{self, ExperimentConfig, RESOLVED_NAME};
+use crate::config::{self, ExperimentConfig, ModelConfig, RESOLVED_NAME};
 use crate::data::loader::{LoaderOptions, PairSet, Stage};
 use crate::eval::retrieval::{self, Source};
 use crate::train::checkpoint::{self, BEST, LATEST};
 use crate::train::stage1::Stage1Model;
-use crate::train::trainer::{load_weights, parse_device, TrainState};
+use crate::train::trainer::{load_weights, TrainState};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,12 +67,13 @@ fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
 fn run_retrieval(args: RetrievalArgs) -> Result<()> {
     let dir = resolve_checkpoint(&args.checkpoint)?;
     let cfg: ExperimentConfig = config::load(&dir.join(RESOLVED_NAME), &args.overrides)?;
+    let ModelConfig::Stage1(model_cfg) = &cfg.model;
     if let Some(threads) = cfg.train.threads {
         tch::set_num_threads(threads as i32);
     }
-    let device = parse_device(args.device.as_deref().unwrap_or(&cfg.train.device))?;
+    let device = crate::device::parse(args.device.as_deref().unwrap_or(&cfg.train.device))?;
     let loaded: checkpoint::Loaded<TrainState> = checkpoint::load(&dir)?;
-    let mut model = Stage1Model::new(&cfg.model, cfg.train.precision, device, cfg.seed)?;
+    let mut model = Stage1Model::new(model_cfg, cfg.train.precision, device, cfg.seed)?;
     let weights = loaded.groups.get("model").with_context(|| format!("{} has no model.safetensors", dir.display()))?;
     load_weights(&model.vs, weights, &dir)?;
 

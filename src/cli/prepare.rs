@@ -2,8 +2,8 @@
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
 
-use crate::config::{self, ExperimentConfig, SourceKind};
-use crate::data::prepare::{self, Settings, REPORT_NAME};
+use crate::config::{self, ExperimentConfig};
+use crate::data::prepare::{self, Settings, SourceKind, REPORT_NAME};
 use crate::data::shards::MANIFEST_NAME;
 use crate::progress::Progress;
 
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => config::load(path, &args.overrides)?,
         None => {
             ensure!(args.overrides.is_empty(), "--set needs --config");
-            config::from_value(serde_yaml_ng::from_str("name: prepare")?)?
+            crate::yaml::from_value(serde_yaml_ng::from_str("name: prepare")?)?
         }
     };
     let p = &mut cfg.prepare;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, ExperimentConfig};
+use crate::config::{self, ExperimentConfig, ModelConfig};
 use crate::data::loader::{Loader, LoaderOptions, PairSet, Stage};
 use crate::data::split::Split;
 use crate::train::distributed;
@@ -25,6 +25,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg: ExperimentConfig = config::load(&args.config, &args.overrides)?;
+    let ModelConfig::Stage1(model_cfg) = &cfg.model;
     if let Some(threads) = cfg.train.threads {
         tch::set_num_threads(threads as i32);
     }
@@ -35,9 +36,9 @@ pub fn run(args: Args) -> Result<()> {
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
     if collective.is_main() {
-        config::write_resolved(&cfg, &run_dir)?;
+        crate::yaml::write_resolved(&cfg, &run_dir)?;
     }
-    let resolved = serde_yaml_ng::to_string(&cfg).context("cannot serialize the resolved config")?;
+    let resolved = crate::yaml::to_string(&cfg)?;
 
     let shards = cfg.shards_dir();
     let readers = cfg.data.workers.max(1);
@@ -63,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         collective.rank(),
         collective.world_size(),
     );
-    let model = Stage1Model::new(&cfg.model, cfg.train.precision, device, cfg.seed)?;
+    let model = Stage1Model::new(model_cfg, cfg.train.precision, device, cfg.seed)?;
     model.check_data(&train_set, &options, &shards.display().to_string())?;
     let valid = (!valid_set.rows.is_empty()).then(|| (valid_set, options.clone().evaluation()));
     let loader = Loader::new(train_set, options)?;

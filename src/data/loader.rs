@@ -15,17 +15,69 @@
 //! Batches are plain arrays ([`Batch`]); training turns them into tensors.
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::config::DataConfig;
+use crate::yaml::{Problems, Validate};
 use crate::data::encodings::{octuple, remi};
 use crate::data::pairing::{self, Draw, KeyedRng, WindowSpec};
 use crate::data::shards::{read_shard, AudioLayout, Manifest, PairRow};
 use crate::data::split::Split;
+
+/// The `data:` config section: prepared pairs and how the loader draws batches from them
+/// (SPEC 2, BOSSA `dataset.py`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder of Parquet shards + manifest.json; default `<output_dir>/<name>/shards`.
+    pub shards: Option<PathBuf>,
+    /// Largest random shift of the audio window against its segment (at most `prepare.margin_seconds`).
+    pub shift_seconds: f64,
+    /// Random transposition range in semitones, both ends included (BOSSA randint(-6, 6)).
+    pub transpose: [i32; 2],
+    /// BOSSA `deperf`: lead-sheet velocity and tempo tokens become `<unk>`.
+    pub redact_lead_performance: bool,
+    /// Stage-1 notes per sequence (BOSSA 224 + the `<s>`/`</s>` notes).
+    pub max_notes: usize,
+    /// Stage-2 tokens per sequence.
+    pub max_tokens: usize,
+    /// Batch-building threads and batches each may prepare ahead.
+    pub workers: usize,
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            shift_seconds: 1.0,
+            transpose: [-6, 5],
+            redact_lead_performance: true,
+            max_notes: 226,
+            max_tokens: 1000,
+            workers: 2,
+            prefetch: 4,
+        }
+    }
+}
+
+impl Validate for DataConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        let s = self.shift_seconds;
+        p.check(s.is_finite() && s >= 0.0, at, "shift_seconds", || format!("is {s}; must be 0 or more"));
+        let [lo, hi] = self.transpose;
+        p.check(lo <= hi && (-64..=64).contains(&lo) && (-64..=64).contains(&hi), at, "transpose", || {
+            format!("is [{lo}, {hi}]; must be a range [low, high] with low <= high, within -64..=64")
+        });
+        p.check((2..=65_536).contains(&self.max_notes), at, "max_notes", || format!("is {}; must be 2..=65536", self.max_notes));
+        p.check((2..=65_536).contains(&self.max_tokens), at, "max_tokens", || format!("is {}; must be 2..=65536", self.max_tokens));
+        p.check((1..=256).contains(&self.workers), at, "workers", || format!("is {}; must be 1..=256", self.workers));
+        p.check((1..=1024).contains(&self.prefetch), at, "prefetch", || format!("is {}; must be 1..=1024", self.prefetch));
+    }
+}
 
 /// Which model input the batches carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

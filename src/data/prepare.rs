@@ -13,28 +13,109 @@
 //! settings is refused instead of mixing rows of two configurations.
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{Device, Tensor};
 
-use crate::config::{PrepareConfig, SegmentConfig, SourceKind};
 use crate::data::leadsheet::{read_chord_file, LeadSheet, Pop909Song};
 use crate::data::midi::{self, Score};
 use crate::data::pairing::{octuple_ids, remi_ids, segment_pairs, WindowSpec};
 use crate::data::render::{band_programs, resolve_soundfont, SoundFontSynth};
-use crate::data::segments::SegmentSpec;
+use crate::data::segments::{SegmentConfig, SegmentSpec};
 use crate::data::shards::{self, AudioLayout, Manifest, PairRow, SkippedSong, SplitCount};
 use crate::data::split::{self, Split};
 use crate::models::encodec::Encodec;
 use crate::progress::Progress;
+use crate::yaml::{Problems, Validate};
 
 const AUDIO_EXTENSIONS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
 const WORK_DIR: &str = ".work";
 const FINGERPRINT: &str = "fingerprint.json";
 pub const REPORT_NAME: &str = "report.txt";
 const MIN_RENDER_RATE: u32 = 16_000;
+
+/// Where `stylebridge prepare` reads songs from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// POP909 song folders `NNN/NNN.mid` + `beat_midi.txt` + `chord_midi.txt` (audio beside or rendered).
+    Pop909,
+    /// A folder of `NAME.mid` + `NAME.{wav,flac,mp3,ogg}` + `NAME.chords.txt` (`start end label`, seconds).
+    Pairs,
+}
+
+/// The `prepare:` config section: songs -> Parquet shards of (codes window, segment tokens) pairs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrepareConfig {
+    pub source: SourceKind,
+    /// The corpus folder (POP909: the folder holding `001/`, `002/`, ... or its parent).
+    pub input: Option<PathBuf>,
+    /// Audio files `NAME.{wav,flac,mp3,ogg}` kept apart from the MIDI folders.
+    pub audio_dir: Option<PathBuf>,
+    /// Render songs without audio from their MIDI with a GM SoundFont instead of skipping them.
+    pub render_missing_audio: bool,
+    pub soundfont: Option<PathBuf>,
+    /// HF EnCodec checkpoint folder (config.json + safetensors); its sampling rate is used.
+    pub encodec: Option<PathBuf>,
+    /// `cpu` or `cuda[:N]` for EnCodec.
+    pub device: String,
+    /// Songs processed in parallel; 0 = one per core.
+    pub jobs: usize,
+    /// Audio window the model sees, and the margin stored on each side for the shift.
+    pub window_seconds: f64,
+    pub margin_seconds: f64,
+    /// Shards are cut at about this many MiB (before compression).
+    pub max_shard_mib: f64,
+    /// Only the first N songs (sorted by id); for quick runs.
+    pub max_songs: Option<usize>,
+    pub piano_track: String,
+    pub melody_track: String,
+    /// Song-level split (hash of seed and song id): fractions for valid and test.
+    pub split: crate::data::split::SplitRatios,
+    /// Split by the part of the song id before this separator, so that songs sharing it stay
+    /// together (the embedded corpus: `ls003_alberti`, `ls003_waltz` share lead sheet `ls003`).
+    pub split_group_separator: Option<String>,
+}
+
+impl Default for PrepareConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Pop909,
+            input: None,
+            audio_dir: None,
+            render_missing_audio: false,
+            soundfont: None,
+            encodec: None,
+            device: "cpu".into(),
+            jobs: 0,
+            window_seconds: 10.16,
+            margin_seconds: 1.0,
+            max_shard_mib: 256.0,
+            max_songs: None,
+            piano_track: "PIANO".into(),
+            melody_track: "MELODY".into(),
+            split: Default::default(),
+            split_group_separator: None,
+        }
+    }
+}
+
+impl Validate for PrepareConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        let (w, m) = (self.window_seconds, self.margin_seconds);
+        p.check(w.is_finite() && w > 0.0 && w <= 600.0, at, "window_seconds", || format!("is {w}; must be in (0, 600]"));
+        p.check(m.is_finite() && (0.0..=60.0).contains(&m), at, "margin_seconds", || format!("is {m}; must be in [0, 60]"));
+        let mib = self.max_shard_mib;
+        p.check(mib.is_finite() && mib > 0.0, at, "max_shard_mib", || format!("is {mib}; must be positive"));
+        p.check(self.jobs <= 1024, at, "jobs", || format!("is {}; must be 0 (one per core) ..= 1024", self.jobs));
+        if let Err(e) = self.split.validate() {
+            p.check(false, at, "split", || format!("is off: {e}"));
+        }
+    }
+}
 
 /// One song to prepare.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,17 +243,6 @@ impl EncoderPool {
         }
         let codes = Vec::<i64>::try_from(codes?.to_device(Device::Cpu).reshape([-1]))?;
         Ok(codes.into_iter().map(|c| c as u16).collect())
-    }
-}
-
-pub fn parse_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(Device::Cuda(n)),
-            None => bail!("unknown device '{other}' (expected cpu, cuda or cuda:N)"),
-        },
     }
 }
 
@@ -328,7 +398,7 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     let encodec = config.encodec.as_deref().context(
         "no EnCodec checkpoint: set prepare.encodec (an HF EnCodec folder: config.json + safetensors) or pass --encodec DIR",
     )?;
-    let encoder = EncoderPool::new(encodec, parse_device(&config.device)?, (config.window_seconds, config.margin_seconds))?;
+    let encoder = EncoderPool::new(encodec, crate::device::parse(&config.device).context("prepare.device")?, (config.window_seconds, config.margin_seconds))?;
     let synth = if config.render_missing_audio && songs.iter().any(|s| s.audio.is_none()) {
         Some(SoundFontSynth::load(&resolve_soundfont(config.soundfont.as_deref())?)?)
     } else {

@@ -13,10 +13,11 @@
 //!
 //! Seconds come from the tempo map: 120 bpm until the first tempo change (the MIDI default), each
 //! change in force from its tick on; of several on one tick the last wins.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::encodings::reduce_time_signature;
 use crate::data::midi::{Score, DEFAULT_BPM};
+use crate::yaml::{Problems, Validate};
 
 /// Onset resolution of both encodings: 12 positions per beat (quarter note).
 pub const POSITIONS_PER_BEAT: u32 = 12;
@@ -193,6 +194,28 @@ impl BarGrid {
         f64::from(pos) * f64::from(self.ticks_per_beat) / f64::from(POSITIONS_PER_BEAT)
     }
 }
+
+/// The `segments:` config section: how songs are cut into training pairs (SPEC 2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentConfig {
+    pub bars: u32,
+    pub hop_bars: u32,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        Self { bars: 4, hop_bars: 2 }
+    }
+}
+
+impl Validate for SegmentConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        p.check((1..=64).contains(&self.bars), at, "bars", || format!("is {}; must be 1..=64", self.bars));
+        p.check((1..=self.bars.max(1)).contains(&self.hop_bars), at, "hop_bars", || format!("is {}; must be 1..=bars ({})", self.hop_bars, self.bars));
+    }
+}
+
 
 /// How to cut a song: `bars` bars per segment, advancing `hop` bars.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,3 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct EvalConfig {
     pub retrieval: retrieval::RetrievalConfig,
 }
+
+impl crate::yaml::Validate for EvalConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        self.retrieval.validate(&format!("{at}.retrieval"), p);
+    }
+}

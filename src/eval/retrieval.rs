@@ -45,6 +45,16 @@ impl Default for RetrievalConfig {
     }
 }
 
+impl crate::yaml::Validate for RetrievalConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        p.check(self.runs >= 1, at, "runs", || "is 0; must be at least 1".into());
+        p.check(self.queries >= 1, at, "queries", || "is 0; must be at least 1".into());
+        p.check(self.batch_size >= 1, at, "batch_size", || "is 0; must be at least 1".into());
+        let [lo, hi] = self.transpose;
+        p.check(lo <= hi, at, "transpose", || format!("is [{lo}, {hi}]; low must not exceed high"));
+    }
+}
+
 /// Rank of the true match of each query: `sim` is [n, n] (query i's true candidate is column i).
 /// Pessimistic on ties ([`TIE_RULE`]): BOSSA's `argsort` breaks them arbitrarily, and an optimistic
 /// rule would reward a collapsed model with Acc@1 = 100 %.

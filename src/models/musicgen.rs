@@ -66,7 +66,7 @@ impl MusicgenDecoderConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         ensure!(self.audio_channels == 1, "audio_channels is {}; only mono MusicGen is supported", self.audio_channels);
         ensure!(self.num_hidden_layers >= 1, "num_hidden_layers is 0");
         ensure!(
@@ -234,7 +234,6 @@ impl MusicgenDecoder {
     /// `n_layers` layers (default [`MusicgenDecoderConfig::bossa_layers`]), frozen, in `kind`.
     pub fn load(dir: &Path, n_layers: Option<usize>, device: Device, kind: Kind) -> Result<Self> {
         let config = MusicgenDecoderConfig::from_file(dir)?;
-        let n_layers = n_layers.unwrap_or_else(|| config.bossa_layers());
         let ckpt = Checkpoint::open(dir)?;
         let prefix = ["decoder.model.decoder.", "model.decoder."]
             .into_iter()
@@ -245,6 +244,15 @@ impl MusicgenDecoder {
                     ckpt.origin().display()
                 )
             })?;
+        Self::from_checkpoint(&ckpt, prefix, config, n_layers, device, kind)
+    }
+
+    /// The decoder whose HF names (relative to `decoder.model.decoder.`) sit under `prefix` in
+    /// `ckpt`: an HF MusicGen file, or a BOSSA checkpoint that stores it
+    /// (`blip2qformer.musicgen_decoder.decoder.`). Same contract as [`Self::load`].
+    pub fn from_checkpoint(ckpt: &Checkpoint, prefix: &str, config: MusicgenDecoderConfig, n_layers: Option<usize>, device: Device, kind: Kind) -> Result<Self> {
+        config.validate().with_context(|| format!("{}: unsupported MusicGen decoder config", ckpt.origin().display()))?;
+        let n_layers = n_layers.unwrap_or_else(|| config.bossa_layers());
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let mut model = Self::new(vs, config, n_layers)?;

@@ -90,6 +90,21 @@ impl QFormerConfig {
     }
 }
 
+impl crate::yaml::Validate for QFormerConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        let heads_fit = self.num_attention_heads > 0 && self.hidden_size > 0 && self.hidden_size % self.num_attention_heads == 0;
+        p.check(heads_fit, at, "hidden_size", || {
+            format!("({}) must be a positive multiple of num_attention_heads ({})", self.hidden_size, self.num_attention_heads)
+        });
+        for (key, value) in [("num_hidden_layers", self.num_hidden_layers), ("intermediate_size", self.intermediate_size), ("num_query_tokens", self.num_query_tokens), ("embed_dim", self.embed_dim), ("max_position_embeddings", self.max_position_embeddings)] {
+            p.check(value >= 1, at, key, || format!("is {value}; must be at least 1"));
+        }
+        for (key, value) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
+            p.check((0.0..1.0).contains(&value), at, key, || format!("is {value}; must be in [0, 1)"));
+        }
+    }
+}
+
 fn bert_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
     // BERT `_init_weights`: N(0, 0.02), zero bias.
     let c = nn::LinearConfig {

@@ -21,6 +21,15 @@ impl Default for ScalerConfig {
     }
 }
 
+impl crate::yaml::Validate for ScalerConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        p.check(self.init_scale.is_finite() && self.init_scale > 0.0, at, "init_scale", || format!("is {}; must be positive", self.init_scale));
+        p.check(self.growth_factor > 1.0, at, "growth_factor", || format!("is {}; must exceed 1", self.growth_factor));
+        p.check(self.backoff_factor > 0.0 && self.backoff_factor < 1.0, at, "backoff_factor", || format!("is {}; must be in (0, 1)", self.backoff_factor));
+        p.check(self.growth_interval >= 1, at, "growth_interval", || format!("is {}; must be at least 1", self.growth_interval));
+    }
+}
+
 pub struct GradScaler {
     config: ScalerConfig,
     scale: Tensor,

@@ -25,6 +25,17 @@ impl Default for AdamWConfig {
     }
 }
 
+impl crate::yaml::Validate for AdamWConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        for (key, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            p.check((0.0..1.0).contains(&beta), at, key, || format!("is {beta}; must be in [0, 1)"));
+        }
+        p.check(self.eps.is_finite() && self.eps > 0.0, at, "eps", || format!("is {}; must be positive", self.eps));
+        let wd = self.weight_decay;
+        p.check(wd.is_finite() && wd >= 0.0, at, "weight_decay", || format!("is {wd}; must be 0 or more"));
+    }
+}
+
 struct Slot {
     name: String,
     param: Tensor,

@@ -20,6 +20,15 @@ impl Default for ScheduleConfig {
     }
 }
 
+impl crate::yaml::Validate for ScheduleConfig {
+    fn validate(&self, at: &str, p: &mut crate::yaml::Problems) {
+        let (peak, floor, start) = (self.peak_lr, self.floor_lr, self.warmup_start_factor);
+        p.check(peak.is_finite() && peak > 0.0, at, "peak_lr", || format!("is {peak}; must be positive"));
+        p.check(floor.is_finite() && floor >= 0.0 && floor <= peak, at, "floor_lr", || format!("is {floor}; must be in [0, peak_lr = {peak}]"));
+        p.check(start.is_finite() && start > 0.0 && start <= 1.0, at, "warmup_start_factor", || format!("is {start}; must be in (0, 1]"));
+    }
+}
+
 /// Learning rate for optimizer step `step` (0-based) of a run of `total_steps`.
 pub fn learning_rate(cfg: &ScheduleConfig, step: u64, total_steps: u64) -> f64 {
     if step < cfg.warmup_steps {

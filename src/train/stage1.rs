@@ -13,8 +13,6 @@
 //!   ([`generation_labels`]).
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -24,9 +22,11 @@ use super::trainer::{Collective, MicroLoss, Precision, Task};
 use crate::data::encodings::octuple;
 use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
 use crate::eval::retrieval::{self, Embedder, RetrievalConfig, Source};
-use crate::models::musicgen::{apply_delay_pattern, MusicgenDecoder, MusicgenDecoderConfig};
+use crate::models::frozen_audio::{step_mask, FrozenAudio, MusicgenSource};
+use crate::models::musicgen::MusicgenDecoderConfig;
 use crate::models::qformer::{causal_mask, QFormer, QFormerConfig, NOTE_WIDTH};
 use crate::models::weights::Checkpoint;
+use crate::yaml::{Problems, Validate};
 
 /// Which objectives are trained (the paper's Table 3 ablation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,35 +43,6 @@ impl Objectives {
     pub fn generation(self) -> bool {
         self == Objectives::CMG
     }
-}
-
-/// A MusicGen decoder small enough for CPU tests and the demo, built from a seed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TinyMusicgen {
-    pub hidden_size: i64,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: i64,
-    pub ffn_dim: i64,
-    /// Codebook size (the pad/BOS code is this value); must match the prepared codes.
-    pub codebook_size: i64,
-    pub num_codebooks: i64,
-}
-
-impl Default for TinyMusicgen {
-    fn default() -> Self {
-        Self { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, codebook_size: 2048, num_codebooks: 4 }
-    }
-}
-
-/// Where the frozen MusicGen comes from: an HF checkpoint folder, or a tiny random one.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MusicgenSource {
-    pub checkpoint: Option<PathBuf>,
-    /// Layers to run (default: BOSSA's half + 1, 25 of 48).
-    pub layers: Option<usize>,
-    pub tiny: Option<TinyMusicgen>,
 }
 
 /// The `model:` config section of stage 1.
@@ -108,6 +79,13 @@ impl PartialEq for ModelConfig {
     }
 }
 
+impl Validate for ModelConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        self.musicgen.validate(&format!("{at}.musicgen"), p);
+        self.qformer.validate(&format!("{at}.qformer"), p);
+    }
+}
+
 /// Notes the unimodal and matching passes attend to: real notes that are not lead sheet.
 pub fn unimodal_keep(is_lead_sheet: &Tensor, is_real: &Tensor) -> Tensor {
     (1.0 - is_lead_sheet.to_kind(Kind::Float)) * is_real.to_kind(Kind::Float)
@@ -128,13 +106,6 @@ pub fn generation_labels(tokens: &Tensor, is_lead_sheet: &Tensor, is_real: &Tens
     let labelled = keep.logical_and(&input.ne(octuple::DEC as i64));
     let labels = input.where_self(&labelled, &Tensor::from(losses::IGNORE).to_device(tokens.device()));
     (input, labels)
-}
-
-/// Per-step keep-mask of the delayed codes [B, frames + K]: a frame's mask, and for the K
-/// trailing delay steps the mask of the last frame (BOSSA masks the tail of padded windows).
-fn step_mask(frame_mask: &Tensor, k: i64) -> Tensor {
-    let last = frame_mask.narrow(1, frame_mask.size()[1] - 1, 1).repeat([1, k]);
-    Tensor::cat(&[frame_mask.shallow_clone(), last], 1)
 }
 
 /// A stage-1 batch as tensors on the model's device.
@@ -188,50 +159,21 @@ impl Stage1Losses {
 }
 
 pub struct Stage1Model {
-    musicgen: MusicgenDecoder,
+    audio: FrozenAudio,
     /// The trainable part: Q-Former, its heads and the LayerNorm on the audio states.
     pub vs: VarStore,
     pub qformer: QFormer,
     objectives: Objectives,
     precision: Precision,
-    cache: Option<HashMap<u64, Tensor>>,
 }
 
 impl Stage1Model {
     /// Build the model: MusicGen from its checkpoint (or tiny, from `seed`), the Q-Former from
     /// MusicBERT (or from scratch, from `seed`).
     pub fn new(cfg: &ModelConfig, precision: Precision, device: Device, seed: u64) -> Result<Self> {
-        let kind = precision.compute_kind();
-        let musicgen = match (&cfg.musicgen.checkpoint, &cfg.musicgen.tiny) {
-            (Some(dir), None) => MusicgenDecoder::load(dir, cfg.musicgen.layers, device, kind)
-                .with_context(|| format!("cannot load the MusicGen checkpoint {}", dir.display()))?,
-            (None, Some(tiny)) => {
-                tch::manual_seed(seed as i64);
-                let config = MusicgenDecoderConfig {
-                    vocab_size: tiny.codebook_size,
-                    hidden_size: tiny.hidden_size,
-                    num_hidden_layers: tiny.num_hidden_layers,
-                    num_attention_heads: tiny.num_attention_heads,
-                    ffn_dim: tiny.ffn_dim,
-                    num_codebooks: tiny.num_codebooks,
-                    pad_token_id: Some(tiny.codebook_size),
-                    ..Default::default()
-                };
-                let layers = cfg.musicgen.layers.unwrap_or_else(|| config.bossa_layers());
-                let model = MusicgenDecoder::new(VarStore::new(device), config, layers)?;
-                // Initialised in fp32 (the same tiny model at every precision), then frozen and
-                // cast in place, as `MusicgenDecoder::load` leaves a real checkpoint.
-                for (_, mut var) in model.var_store().variables() {
-                    let _ = var.set_requires_grad(false);
-                    var.set_data(&var.to_kind(kind));
-                }
-                model
-            }
-            (Some(_), Some(_)) => bail!("model.musicgen: give either `checkpoint` or `tiny`, not both"),
-            (None, None) => bail!("model.musicgen: give `checkpoint` (an HF MusicGen folder) or `tiny` (a small random decoder)"),
-        };
+        let audio = FrozenAudio::new(&cfg.musicgen, precision.compute_kind(), device, seed)?.with_cache(cfg.cache_features);
         let mut qcfg = cfg.qformer.clone();
-        qcfg.encoder_width = musicgen.config().hidden_size;
+        qcfg.encoder_width = audio.config().hidden_size;
         qcfg.symbolic = true;
         ensure!(
             qcfg.hidden_size % qcfg.num_attention_heads.max(1) == 0,
@@ -246,7 +188,7 @@ impl Stage1Model {
             let ckpt = Checkpoint::open(path).with_context(|| format!("cannot open the MusicBERT checkpoint {}", path.display()))?;
             qformer.init_from_musicbert(&vs, &ckpt)?;
         }
-        Ok(Self { musicgen, vs, qformer, objectives: cfg.objectives, precision, cache: cfg.cache_features.then(HashMap::new) })
+        Ok(Self { audio, vs, qformer, objectives: cfg.objectives, precision })
     }
 
     pub fn device(&self) -> Device {
@@ -254,46 +196,19 @@ impl Stage1Model {
     }
 
     pub fn musicgen_config(&self) -> &MusicgenDecoderConfig {
-        self.musicgen.config()
-    }
-
-    /// Frozen MusicGen features [B, frames + K, W] in fp32, from the cache where possible.
-    fn audio_states(&mut self, codes: &Tensor) -> Result<Tensor> {
-        let run = |musicgen: &MusicgenDecoder, codes: &Tensor| -> Result<Tensor> {
-            let delayed = apply_delay_pattern(codes, musicgen.config().pad_token())?;
-            Ok(tch::no_grad(|| musicgen.features(&delayed))?.to_kind(Kind::Float))
-        };
-        let Some(cache) = self.cache.as_mut() else { return run(&self.musicgen, codes) };
-        let b = codes.size()[0];
-        let keys: Vec<u64> = (0..b)
-            .map(|i| {
-                let row = Vec::<i64>::try_from(codes.get(i).reshape([-1]).to_device(Device::Cpu)).unwrap_or_default();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                row.hash(&mut h);
-                h.finish()
-            })
-            .collect();
-        let missing: Vec<i64> = (0..b).filter(|&i| !cache.contains_key(&keys[i as usize])).collect();
-        if !missing.is_empty() {
-            let index = Tensor::from_slice(&missing).to_device(codes.device());
-            let fresh = run(&self.musicgen, &codes.index_select(0, &index))?;
-            for (j, &i) in missing.iter().enumerate() {
-                cache.insert(keys[i as usize], fresh.get(j as i64));
-            }
-        }
-        Ok(Tensor::stack(&keys.iter().map(|k| cache[k].shallow_clone()).collect::<Vec<_>>(), 0))
+        self.audio.config()
     }
 
     /// Audio embeddings (after the trainable LayerNorm) and their step keep-mask.
-    fn audio(&mut self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
+    fn audio_embeds(&mut self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
         let k = inputs.codes.size()[1];
-        let states = self.audio_states(&inputs.codes)?;
+        let states = self.audio.states(&inputs.codes)?;
         Ok((self.qformer.audio_embeds(&states), step_mask(&inputs.audio_mask, k)))
     }
 
     /// The three losses of one batch (`train` switches dropout on).
     pub fn losses(&mut self, inputs: &Inputs, collective: &dyn Collective, train: bool) -> Result<Stage1Losses> {
-        let (audio_embeds, audio_mask) = self.audio(inputs)?;
+        let (audio_embeds, audio_mask) = self.audio_embeds(inputs)?;
         let autocast = self.precision == Precision::Fp16 && self.device().is_cuda();
         tch::autocast(autocast, || self.losses_from_audio(inputs, &audio_embeds, &audio_mask, collective, train))
     }
@@ -356,7 +271,7 @@ impl Stage1Model {
 
     /// Retrieval features (eval mode): audio [B, Q, D] and symbolic [B, D].
     pub fn features(&mut self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
-        let (audio_embeds, audio_mask) = self.audio(inputs)?;
+        let (audio_embeds, audio_mask) = self.audio_embeds(inputs)?;
         let q = &self.qformer;
         let audio = q.audio_features(&q.query_output(&audio_embeds, &audio_mask, false)?.hidden)?;
         let keep = unimodal_keep(&inputs.is_lead_sheet, &inputs.is_real);
@@ -367,19 +282,7 @@ impl Stage1Model {
 
     /// Check that the prepared data fits the model: codebooks, pad code, notes per sequence.
     pub fn check_data(&self, set: &PairSet, options: &LoaderOptions, origin: &str) -> Result<()> {
-        let mg = self.musicgen.config();
-        ensure!(
-            set.layout.n_q as i64 == mg.num_codebooks,
-            "{origin}: the codes have {} codebooks, the MusicGen decoder {}",
-            set.layout.n_q,
-            mg.num_codebooks
-        );
-        ensure!(
-            i64::from(set.layout.pad_code) == mg.pad_token(),
-            "{origin}: the codes' pad code is {} (codebook size), MusicGen's is {}; the EnCodec and MusicGen checkpoints do not match",
-            set.layout.pad_code,
-            mg.pad_token()
-        );
+        self.audio.check_codes(set.layout.n_q, i64::from(set.layout.pad_code), origin)?;
         let positions = self.qformer.config().max_position_embeddings;
         ensure!(
             (options.max_notes as i64) <= positions,
@@ -544,10 +447,10 @@ mod tests {
         }
     }
 
-    fn tiny_model(cache: bool, objectives: Objectives) -> Stage1Model {
+    fn tiny_model(objectives: Objectives) -> Stage1Model {
         let cfg = ModelConfig {
             musicgen: MusicgenSource {
-                tiny: Some(TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 }),
+                tiny: Some(crate::models::frozen_audio::TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 }),
                 ..Default::default()
             },
             qformer: QFormerConfig {
@@ -561,7 +464,6 @@ mod tests {
                 ..Default::default()
             },
             objectives,
-            cache_features: cache,
             ..Default::default()
         };
         Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 5).unwrap()
@@ -588,24 +490,8 @@ mod tests {
     }
 
     #[test]
-    fn cached_features_equal_fresh_ones_and_follow_the_window() {
-        // One model, with its cache set aside for the fresh pass: two separately seeded models
-        // would race other tests for libtorch's global generator.
-        let mut model = tiny_model(true, Objectives::C);
-        for offset in [0, 3, 0] {
-            let x = tiny_inputs(offset);
-            let cache = model.cache.take();
-            let (a, s) = model.features(&x).unwrap();
-            model.cache = cache;
-            let (b, t) = model.features(&x).unwrap();
-            assert!(a.equal(&b) && s.equal(&t), "offset {offset}");
-        }
-        assert_eq!(model.cache.as_ref().unwrap().len(), 4, "2 rows x 2 distinct windows");
-    }
-
-    #[test]
     fn lead_sheet_is_invisible_to_the_symbolic_feature_and_all_losses_are_finite() {
-        let mut model = tiny_model(false, Objectives::CMG);
+        let mut model = tiny_model(Objectives::CMG);
         let x = tiny_inputs(0);
         let (_, s) = model.features(&x).unwrap();
         // Change the lead-sheet note's pitch: the unimodal pass masks it out.
@@ -620,11 +506,5 @@ mod tests {
         assert!(parts.iter().all(|(_, v)| v.is_finite()), "{parts:?}");
         losses.total.backward();
         assert!(model.vs.variables()["Qformer.cls.predictions.decoder.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    }
-
-    #[test]
-    fn step_mask_extends_the_last_frame() {
-        let frames = Tensor::from_slice(&[1.0f32, 1., 0.]).view([1, 3]);
-        assert_eq!(v(&step_mask(&frames, 2)), vec![1., 1., 0., 0., 0.]);
     }
 }

@@ -24,6 +24,7 @@ use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{learning_rate, ScheduleConfig};
 use crate::progress::Progress;
+use crate::yaml::{Problems, Validate};
 
 pub use super::distributed::{Collective, SingleProcess};
 
@@ -113,20 +114,31 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn device(&self) -> Result<Device> {
-        parse_device(&self.device)
+        crate::device::parse(&self.device).context("train.device")
     }
 }
 
-pub fn parse_device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("unknown device `{other}` (expected cpu, cuda, cuda:N or auto)"),
-        },
-    })
+impl Validate for TrainConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        p.check(self.epochs >= 1, at, "epochs", || format!("is {}; must be at least 1", self.epochs));
+        p.check(self.max_steps != Some(0), at, "max_steps", || "is 0; must be at least 1 (or unset)".into());
+        p.check(self.batch_size >= 1, at, "batch_size", || "is 0; must be at least 1 (the global batch of one step)".into());
+        p.check(self.grad_accum >= 1, at, "grad_accum", || "is 0; must be at least 1".into());
+        p.check(self.batch_size % self.grad_accum.max(1) == 0, at, "batch_size", || {
+            format!("({}) does not split into grad_accum ({}) micro-batches", self.batch_size, self.grad_accum)
+        });
+        let clip = self.clip_grad_norm;
+        p.check(clip.is_finite() && clip >= 0.0, at, "clip_grad_norm", || format!("is {clip}; must be 0 (off) or positive"));
+        self.optimizer.validate(&format!("{at}.optimizer"), p);
+        self.schedule.validate(&format!("{at}.schedule"), p);
+        self.scaler.validate(&format!("{at}.scaler"), p);
+        p.check(self.log_every >= 1, at, "log_every", || "is 0; must be at least 1".into());
+        p.check(self.keep_last >= 1, at, "keep_last", || "is 0; must be at least 1".into());
+        p.check(self.threads != Some(0), at, "threads", || "is 0; must be at least 1 (or unset)".into());
+        p.check(self.timeout_s >= 1, at, "timeout_s", || "is 0; must be at least 1".into());
+        let known = self.device == "auto" || self.device == "cpu" || self.device == "cuda" || self.device.strip_prefix("cuda:").is_some_and(|i| i.parse::<usize>().is_ok());
+        p.check(known, at, "device", || format!("is `{}`; expected cpu, cuda, cuda:N or auto", self.device));
+    }
 }
 
 /// Loss of one micro-batch: `total` is differentiated; `parts` are logged (e.g. per objective).

@@ -50,6 +50,7 @@ pub const CONFIG: &str = "name: dp
 seed: 3
 data: {workers: 1, prefetch: 2}
 model:
+  kind: stage1
   musicgen: {tiny: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, ffn_dim: 64, codebook_size: 2048, num_codebooks: 4}}
   qformer: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, num_query_tokens: 4,
         embed_dim: 16, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}
