@@ -12,6 +12,8 @@
 //! noise of 10-20 %.
 #[path = "../tests/data_parallel_support/mod.rs"]
 mod data_parallel_support;
+#[path = "../tests/shards_support/mod.rs"]
+mod shards_support;
 
 use std::path::Path;
 use std::process::Command;

@@ -77,7 +77,7 @@ fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps
     for objectives in [Objectives::C, Objectives::CM, Objectives::CMG] {
         let cfg = ModelConfig { objectives, cache_features: false, ..model_cfg.clone() };
         let mut model = Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 0).expect("model");
-        let mut opt = AdamW::new(&model.vs, AdamWConfig::default());
+        let mut opt = AdamW::new(stylebridge::train::optimizer::trainable(&model.vs), AdamWConfig::default());
         let mut times = Vec::new();
         for step in 0..steps + 1 {
             let t = Instant::now();
@@ -114,7 +114,7 @@ fn main() {
     let demo: ExperimentConfig = config::load(&demo_path, &[]).expect("experiments/demo.yaml");
     // `make demo` pretrains its MusicGen (python_interop/demo_musicgen.py) at the default tiny shape;
     // the step time does not depend on the weights, so a random decoder of that shape stands in.
-    let config::ModelConfig::Stage1(mut demo_model) = demo.model.clone();
+    let config::ModelConfig::Stage1(mut demo_model) = demo.model.clone() else { panic!("experiments/demo.yaml trains stage 1") };
     demo_model.musicgen = MusicgenSource {
         tiny: Some(TinyMusicgen::default()),
         ..MusicgenSource::default()

@@ -13,7 +13,7 @@ use crate::data::prepare::PrepareConfig;
 use crate::data::segments::SegmentConfig;
 use crate::eval::EvalConfig;
 use crate::train::trainer::TrainConfig;
-use crate::train::stage1;
+use crate::train::{musecoco_lm, stage1, stage2};
 use crate::yaml::{Problems, Validate};
 
 pub use crate::yaml::RESOLVED_NAME;
@@ -48,13 +48,19 @@ pub struct ExperimentConfig {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ModelConfig {
     Stage1(stage1::ModelConfig),
+    Stage2(stage2::ModelConfig),
+    /// The demo's stand-in for MuseCoco's pretraining (SPEC 9): a tiny MuseCoco as a language model.
+    #[serde(rename = "musecoco_lm")]
+    MusecocoLm(musecoco_lm::ModelConfig),
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         crate::yaml::tagged(deserializer, "kind", |kind, rest| match kind {
             "stage1" => Ok(ModelConfig::Stage1(crate::yaml::from_value(rest)?)),
-            other => anyhow::bail!("unknown variant `{other}`, expected `stage1`"),
+            "stage2" => Ok(ModelConfig::Stage2(crate::yaml::from_value(rest)?)),
+            "musecoco_lm" => Ok(ModelConfig::MusecocoLm(crate::yaml::from_value(rest)?)),
+            other => anyhow::bail!("unknown variant `{other}`, expected one of `stage1`, `stage2`, `musecoco_lm`"),
         })
     }
 }
@@ -64,6 +70,27 @@ impl Default for ModelConfig {
         ModelConfig::Stage1(Default::default())
     }
 }
+
+/// Keys that may change when a run is resumed: how long and how often it logs, validates and
+/// saves, where it runs, how data are fed, evaluation settings. Every other key must equal the
+/// checkpoint's resolved config (a different model or data would silently mix two runs).
+pub const RESUME_MAY_CHANGE: &[&str] = &[
+    "train.max_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_last",
+    "train.device",
+    "train.threads",
+    "train.timeout_s",
+    "data.workers",
+    "data.prefetch",
+    "data.shards",
+    "output_dir",
+    "prepare",
+    "eval",
+];
 
 fn default_output_dir() -> PathBuf {
     PathBuf::from("runs")
@@ -90,6 +117,8 @@ impl Validate for ExperimentConfig {
         self.prepare.validate("prepare", p);
         match &self.model {
             ModelConfig::Stage1(m) => m.validate("model", p),
+            ModelConfig::Stage2(m) => m.validate("model", p),
+            ModelConfig::MusecocoLm(m) => m.validate("model", p),
         }
         self.train.validate("train", p);
         self.eval.validate("eval", p);

@@ -2,6 +2,7 @@
 //! twice with torchrun's variables and `STYLEBRIDGE_TEST_WORKER` set; in those processes the test
 //! body plays one rank and exits non-zero on any mismatch.
 mod data_parallel_support;
+mod shards_support;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};

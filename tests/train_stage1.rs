@@ -2,11 +2,13 @@
 //! backbones: the run writes metrics and checkpoints, a run killed with SIGKILL and resumed ends
 //! bitwise equal to an uninterrupted one, bad configs fail with clear errors, and the retrieval
 //! report comes out.
+mod shards_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use stylebridge::data::shards::{write_split, AudioLayout, Manifest, PairRow, SplitCount, SCHEMA_VERSION};
+use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stylebridge");
@@ -25,29 +27,9 @@ fn pair(song: usize, segment: u32, split: Split) -> PairRow {
 }
 
 fn write_shards(dir: &Path, train: usize, valid: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let layout = AudioLayout {
-        sample_rate: 32000,
-        frame_rate: 50.0,
-        n_q: 4,
-        pad_code: CODEBOOK,
-        window_frames: 16,
-        margin_frames: 2,
-        encodec: "synthetic".into(),
-    };
-    let mut shards = Vec::new();
-    let mut counts = std::collections::BTreeMap::new();
-    let mut songs = std::collections::BTreeMap::new();
-    for (split, n, first) in [(Split::Train, train, 0), (Split::Valid, valid, 1000), (Split::Test, valid, 2000)] {
-        let rows: Vec<PairRow> = (0..n).map(|i| pair(first + i / 2, (i % 2) as u32, split)).collect();
-        shards.extend(write_split(dir, split, &rows, 1 << 20).unwrap());
-        let names: Vec<String> = rows.iter().map(|r| r.song_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        counts.insert(split, SplitCount { songs: names.len(), rows: n });
-        songs.insert(split, names);
-    }
-    let manifest =
-        Manifest { schema_version: SCHEMA_VERSION, audio: layout, counts, songs, shards, skipped: vec![], config: serde_json::Value::Null };
-    manifest.write(dir).unwrap();
+    let layout = AudioLayout { sample_rate: 32000, frame_rate: 50.0, n_q: 4, pad_code: CODEBOOK, window_frames: 16, margin_frames: 2, encodec: "synthetic".into() };
+    let rows = |split, n: usize, first: usize| (0..n).map(|i| pair(first + i / 2, (i % 2) as u32, split)).collect();
+    shards_support::write(dir, layout, &[(Split::Train, rows(Split::Train, train, 0)), (Split::Valid, rows(Split::Valid, valid, 1000)), (Split::Test, rows(Split::Test, valid, 2000))]);
 }
 
 fn config(dir: &Path, name: &str, steps_epochs: u64) -> PathBuf {

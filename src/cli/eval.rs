@@ -1,12 +1,12 @@
 //! `stylebridge eval retrieval --checkpoint CKPT --data SHARDS`: the paper's retrieval protocol.
 use anyhow::{bail, ensure, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{self, ExperimentConfig, ModelConfig, RESOLVED_NAME};
 use crate::data::loader::{LoaderOptions, PairSet, Stage};
 use crate::eval::retrieval::{self, Source};
-use crate::train::checkpoint::{self, BEST, LATEST};
+use crate::train::checkpoint;
 use crate::train::stage1::Stage1Model;
 use crate::train::trainer::{load_weights, TrainState};
 
@@ -48,26 +48,12 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// A step folder, or the one `best` (else `latest`) points to under a run or checkpoints folder.
-fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    for root in [path.join("checkpoints"), path.to_path_buf()] {
-        let dir = checkpoint::CheckpointDir::new(&root, 1);
-        for which in [BEST, LATEST] {
-            if let Some(found) = dir.pointer(which)? {
-                return Ok(found);
-            }
-        }
-    }
-    bail!("{} is not a checkpoint (no state.json) and holds no `best` or `latest` pointer", path.display())
-}
-
 fn run_retrieval(args: RetrievalArgs) -> Result<()> {
-    let dir = resolve_checkpoint(&args.checkpoint)?;
+    let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg: ExperimentConfig = config::load(&dir.join(RESOLVED_NAME), &args.overrides)?;
-    let ModelConfig::Stage1(model_cfg) = &cfg.model;
+    let ModelConfig::Stage1(model_cfg) = &cfg.model else {
+        bail!("{} is not a stage-1 run: retrieval ranks with the stage-1 model (its `model.kind` is not stage1)", dir.display());
+    };
     if let Some(threads) = cfg.train.threads {
         tch::set_num_threads(threads as i32);
     }

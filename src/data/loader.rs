@@ -293,6 +293,11 @@ impl Loader {
         &self.inner.options
     }
 
+    /// The rows batches are drawn from.
+    pub fn set(&self) -> &PairSet {
+        &self.inner.set
+    }
+
     /// This rank's rows of `epoch`, in order.
     pub fn epoch_rows(&self, epoch: u64) -> Vec<usize> {
         self.inner.epoch_rows(epoch)

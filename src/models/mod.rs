@@ -2,6 +2,7 @@
 pub mod weights;
 pub mod encodec;
 pub mod frozen_audio;
+pub mod blip2_musecoco;
 pub mod lora;
 pub mod musecoco;
 pub mod musicgen;

@@ -117,7 +117,7 @@ fn bert_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
 
 /// PyTorch's `nn.Linear` default init (weights and bias U(+-1/sqrt(in))): BOSSA's heads are plain
 /// `nn.Linear`s outside the BERT init.
-fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+pub(crate) fn torch_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
     let bound = 1.0 / (in_dim as f64).sqrt();
     let init = nn::Init::Uniform { lo: -bound, up: bound };
     nn::linear(p, in_dim, out_dim, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
@@ -682,6 +682,25 @@ pub fn skipped_on_load(name: &str) -> bool {
     name.starts_with("musicgen_") || name == "Qformer.bert.embeddings.position_ids"
 }
 
+/// Stage-1 tensors that stage 2 does not build (BOSSA `Blip2Musecoco.__init__` deletes them):
+/// the symbolic branch (note embeddings, the text FFNs, the LM head) and the stage-1 heads. Names
+/// are relative to the Q-Former model (`Qformer.bert.…`, `audio_proj.weight`, …).
+pub fn symbolic_only(name: &str) -> bool {
+    const EMBEDDINGS: [&str; 3] = ["word_embeddings.", "position_embeddings.", "downsampling."];
+    const HEADS: [&str; 6] = ["Qformer.cls.", "Qformer.upsampling.", "audio_proj.", "symbo_proj.", "binary_head.", "temp"];
+    if HEADS.iter().any(|h| name.starts_with(h)) {
+        return true;
+    }
+    if let Some(rest) = name.strip_prefix("Qformer.bert.embeddings.") {
+        return EMBEDDINGS.iter().any(|e| rest.starts_with(e));
+    }
+    // `Qformer.bert.encoder.layer.N.output.*` / `.intermediate.*`: the text FFN (the queries keep
+    // `*_query`; `attention.output` is the attention's own projection).
+    name.strip_prefix("Qformer.bert.encoder.layer.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(_, part)| part.starts_with("output.") || part.starts_with("intermediate."))
+}
+
 fn l2_normalize(x: &Tensor) -> Tensor {
     // F.normalize: x / max(||x||, 1e-12).
     x / x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true).clamp_min(1e-12)
@@ -762,6 +781,18 @@ mod tests {
         assert!(!names2
             .keys()
             .any(|n| n.contains("word_embeddings") || n.contains(".intermediate.") || n.contains("proj")));
+    }
+
+    #[test]
+    fn stage_2_drops_exactly_the_symbolic_branch_and_heads() {
+        let full = VarStore::new(Device::Cpu);
+        let _ = QFormer::new(full.root(), &tiny(true));
+        let audio = VarStore::new(Device::Cpu);
+        let _ = QFormer::new(audio.root(), &tiny(false));
+        let kept: std::collections::BTreeSet<String> = audio.variables().into_keys().collect();
+        for name in full.variables().into_keys() {
+            assert_eq!(symbolic_only(&name), !kept.contains(&name), "{name}");
+        }
     }
 
     #[test]

@@ -97,7 +97,14 @@ impl Checkpoint {
     /// the model does not use are an error unless `ignore(name)` says they are expected (for
     /// example the layers above the one a truncated decoder stops at).
     pub fn load_into(&self, vs: &mut VarStore, prefix: &str, ignore: impl Fn(&str) -> bool) -> Result<()> {
-        let variables = vs.variables();
+        self.load_part(vs, "", prefix, ignore)
+    }
+
+    /// [`Self::load_into`] for the variables of `vs` under `var_prefix` only (one part of a
+    /// composite model): variable `var_prefix + name` takes tensor `prefix + name`.
+    pub fn load_part(&self, vs: &mut VarStore, var_prefix: &str, prefix: &str, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        let variables: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter_map(|(name, var)| name.strip_prefix(var_prefix).map(|rel| (rel.to_string(), var))).collect();
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
         let mut used = BTreeSet::new();
@@ -117,7 +124,6 @@ impl Checkpoint {
             .tensors
             .keys()
             .filter(|k| k.starts_with(prefix) && !used.contains(*k) && !ignore(&k[prefix.len()..]))
-            .filter(|k| !variables.contains_key(&k[prefix.len()..]))
             .map(|k| format!("{k} {:?}", self.shape(k).unwrap_or_default()))
             .collect();
         if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
@@ -141,6 +147,51 @@ impl Checkpoint {
             Ok(())
         })
     }
+}
+
+/// Check that `saved` holds exactly the tensors of `expected` with their shapes; the error lists
+/// every missing, unexpected and mis-shaped tensor of `origin`.
+pub fn check_names_and_shapes(expected: &[(String, Tensor)], saved: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    for (name, t) in expected {
+        match saved.get(name) {
+            None => missing.push(format!("{name} {:?}", t.size())),
+            Some(s) if s.size() != t.size() => misshaped.push(format!("{name}: saved {:?}, model {:?}", s.size(), t.size())),
+            Some(_) => {}
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let unexpected: Vec<String> =
+        saved.iter().filter(|(n, _)| !names.contains(n.as_str())).map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!("{} does not match the model", origin.display());
+    for (title, list) in [("missing", &missing), ("mis-shaped", &misshaped), ("unexpected", &unexpected)] {
+        if !list.is_empty() {
+            msg.push_str(&format!("\n  {} {title} tensor(s):", list.len()));
+            for item in list.iter().take(20) {
+                msg.push_str(&format!("\n    {item}"));
+            }
+            if list.len() > 20 {
+                msg.push_str(&format!("\n    ... and {} more", list.len() - 20));
+            }
+        }
+    }
+    bail!(msg)
+}
+
+/// Copy `saved` into `targets` by name after [`check_names_and_shapes`].
+pub fn copy_checked(targets: &[(String, Tensor)], saved: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+    check_names_and_shapes(targets, saved, origin)?;
+    tch::no_grad(|| {
+        for (name, target) in targets {
+            let mut target = target.shallow_clone();
+            target.copy_(&saved[name].to_kind(target.kind()).to_device(target.device()));
+        }
+    });
+    Ok(())
 }
 
 /// Index a safetensors file from its header: `u64` header length, JSON header mapping names

@@ -9,3 +9,5 @@ pub mod optimizer;
 pub mod schedule;
 pub mod stage1;
 pub mod trainer;
+pub mod stage2;
+pub mod musecoco_lm;

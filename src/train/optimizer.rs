@@ -36,6 +36,11 @@ impl crate::yaml::Validate for AdamWConfig {
     }
 }
 
+/// The trainable variables of a store, by name.
+pub fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+}
+
 struct Slot {
     name: String,
     param: Tensor,
@@ -50,11 +55,11 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Optimise every trainable variable of `vs` (frozen ones are skipped), in name order: the
-    /// gradient norm sums over them, and a fixed order keeps it (and runs) reproducible.
-    pub fn new(vs: &VarStore, config: AdamWConfig) -> Self {
-        let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-        let slots = variables
+    /// Optimise `params` (frozen ones are skipped), in name order: the gradient norm sums over
+    /// them, and a fixed order keeps it (and runs) reproducible.
+    pub fn new(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+        let params: BTreeMap<String, Tensor> = params.into_iter().collect();
+        let slots = params
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .map(|(name, param)| Slot {
@@ -201,7 +206,7 @@ mod tests {
         let cfg = AdamWConfig::default();
         let grads = [0.5, -1.25, 2.0, 0.1];
         let (vs, p) = one_param_store(1.5);
-        let mut opt = AdamW::new(&vs, cfg);
+        let mut opt = AdamW::new(trainable(&vs), cfg);
         for g in grads {
             opt.zero_grad();
             // loss = g * w gives dL/dw = g
@@ -217,7 +222,7 @@ mod tests {
     fn clipping_scales_to_max_norm_and_reports_the_original() {
         let vs = VarStore::new(Device::Cpu);
         let w = vs.root().var("w", &[2], nn::Init::Const(0.0));
-        let mut opt = AdamW::new(&vs, AdamWConfig::default());
+        let mut opt = AdamW::new(trainable(&vs), AdamWConfig::default());
         (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
         let norm = opt.clip_grad_norm(1.0);
         assert!((norm - 5.0).abs() < 1e-6);
@@ -229,13 +234,13 @@ mod tests {
     fn state_round_trip_resumes_identically() {
         let run = |split: Option<usize>| {
             let (vs, p) = one_param_store(0.3);
-            let mut opt = AdamW::new(&vs, AdamWConfig::default());
+            let mut opt = AdamW::new(trainable(&vs), AdamWConfig::default());
             let grads = [1.0, -0.5, 0.25, 3.0, -2.0];
             for (i, g) in grads.iter().enumerate() {
                 if Some(i) == split {
                     let saved: BTreeMap<String, Tensor> =
                         opt.state().into_iter().map(|(k, t)| (k, t.copy())).collect();
-                    let mut fresh = AdamW::new(&vs, AdamWConfig::default());
+                    let mut fresh = AdamW::new(trainable(&vs), AdamWConfig::default());
                     fresh.load_state(&saved).unwrap();
                     opt = fresh;
                 }
@@ -254,7 +259,7 @@ mod tests {
         let _ = vs.root().var("frozen", &[3], nn::Init::Const(1.0));
         vs.freeze();
         let _ = vs.root().var("w", &[2], nn::Init::Const(1.0));
-        let mut opt = AdamW::new(&vs, AdamWConfig::default());
+        let mut opt = AdamW::new(trainable(&vs), AdamWConfig::default());
         assert_eq!(opt.state().len(), 3);
         let mut bad: BTreeMap<String, Tensor> = opt.state().into_iter().collect();
         bad.insert("exp_avg.w".into(), Tensor::zeros([5], (Kind::Float, Device::Cpu)));

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::losses::{self, SLOT_NAMES};
+use super::checkpoint::Backbone;
 use super::trainer::{Collective, MicroLoss, Precision, Task};
 use crate::data::encodings::octuple;
 use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
@@ -308,9 +309,11 @@ pub struct Stage1Task<'a> {
     retrieval: RetrievalConfig,
     collective: &'a dyn Collective,
     seed: u64,
+    backbones: Vec<Backbone>,
 }
 
 impl<'a> Stage1Task<'a> {
+    /// `musicgen` names the frozen decoder's checkpoint (hashed into every checkpoint).
     pub fn new(
         model: Stage1Model,
         train: Loader,
@@ -318,16 +321,26 @@ impl<'a> Stage1Task<'a> {
         retrieval: RetrievalConfig,
         collective: &'a dyn Collective,
         seed: u64,
-    ) -> Self {
-        Self { model, train, valid, retrieval, collective, seed }
+        musicgen: &MusicgenSource,
+    ) -> Result<Self> {
+        let backbones = musicgen.checkpoint.iter().map(|dir| Backbone::hash("musicgen", dir)).collect::<Result<_>>()?;
+        Ok(Self { model, train, valid, retrieval, collective, seed, backbones })
     }
 }
 
 impl Task for Stage1Task<'_> {
     type Batch = Batch;
 
-    fn var_store(&self) -> &VarStore {
-        &self.model.vs
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        crate::train::optimizer::trainable(&self.model.vs)
+    }
+
+    fn backbones(&self) -> Vec<Backbone> {
+        self.backbones.clone()
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
     }
 
     fn batches_per_epoch(&self) -> usize {

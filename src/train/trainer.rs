@@ -19,7 +19,7 @@ use std::time::Instant;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::amp::{GradScaler, ScalerConfig};
-use super::checkpoint::{self, CheckpointDir, TensorGroups};
+use super::checkpoint::{self, Backbone, CheckpointDir, TensorGroups};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{learning_rate, ScheduleConfig};
@@ -150,9 +150,19 @@ pub struct MicroLoss {
 /// What a training stage provides to the loop.
 pub trait Task {
     type Batch;
-    /// The trainable model (variables with `requires_grad` are optimised and checkpointed;
-    /// frozen ones are checkpointed too if they live here).
-    fn var_store(&self) -> &VarStore;
+    /// The variables the optimizer trains, by their checkpoint names.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// The model tensors a checkpoint keeps and a resume restores (torchtitan's `states`): by
+    /// default what trains; frozen backbones are named by [`Task::backbones`] instead, so a
+    /// stage-2 checkpoint never copies MuseCoco-1B's 4 GB.
+    fn model_state(&self) -> Vec<(String, Tensor)> {
+        self.parameters()
+    }
+    /// The frozen checkpoints the run depends on, recorded (with their sha256) in every checkpoint.
+    fn backbones(&self) -> Vec<Backbone> {
+        Vec::new()
+    }
+    fn device(&self) -> Device;
     /// Micro-batches per epoch on this process.
     fn batches_per_epoch(&self) -> usize;
     /// Samples in a micro-batch (for throughput).
@@ -180,6 +190,12 @@ pub struct TrainState {
     pub seed: u64,
 }
 
+impl TrainState {
+    fn start(seed: u64) -> Self {
+        Self { step: 0, epoch: 0, position: 0, samples: 0, skipped_steps: 0, best_val_loss: None, seed }
+    }
+}
+
 /// Seed of micro-batch `micro` of step `step`: a SplitMix64 mix, so neighbouring steps get
 /// unrelated streams.
 pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
@@ -189,21 +205,10 @@ pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// Where a run writes: `checkpoints/`, `metrics.jsonl`, event files, the resolved config.
-pub struct RunPaths {
-    pub dir: PathBuf,
-}
-
-impl RunPaths {
-    pub fn checkpoints(&self) -> PathBuf {
-        self.dir.join("checkpoints")
-    }
-}
-
 pub struct Trainer<'a> {
     cfg: TrainConfig,
     seed: u64,
-    run: RunPaths,
+    run_dir: PathBuf,
     resolved_config: String,
     collective: &'a dyn Collective,
     /// Print plain log lines (stderr) besides the progress display.
@@ -218,9 +223,27 @@ pub struct Outcome {
     pub final_validation: Vec<(String, f64)>,
 }
 
+/// The loop's mutable state: optimizer, loss scaler, counters, the metrics sinks.
+struct Run {
+    optimizer: AdamW,
+    scaler: GradScaler,
+    state: TrainState,
+    window: LogWindow,
+    metrics: Option<MetricsLog>,
+    total_steps: u64,
+    end_step: u64,
+    last_checkpoint: PathBuf,
+}
+
+/// What one optimizer step reports to the log.
+struct StepReport {
+    lr: f64,
+    grad_norm: f64,
+}
+
 impl<'a> Trainer<'a> {
     pub fn new(cfg: TrainConfig, seed: u64, run_dir: &Path, resolved_config: String, collective: &'a dyn Collective) -> Self {
-        Self { cfg, seed, run: RunPaths { dir: run_dir.to_path_buf() }, resolved_config, collective, quiet: false }
+        Self { cfg, seed, run_dir: run_dir.to_path_buf(), resolved_config, collective, quiet: false }
     }
 
     /// Optimizer steps the schedule spans: `epochs` worth, whatever `max_steps` says, so that a
@@ -233,176 +256,225 @@ impl<'a> Trainer<'a> {
         self.collective.rank() == 0
     }
 
-    /// Train `task` from scratch, or from the latest checkpoint when `resume`.
+    fn checkpoints(&self) -> CheckpointDir {
+        CheckpointDir::new(self.run_dir.join("checkpoints"), self.cfg.keep_last)
+    }
+
+    /// The checkpoint a `--resume` continues from (read-only: nothing in the run folder changes).
+    pub fn latest(&self) -> Result<Option<PathBuf>> {
+        self.checkpoints().latest_complete()
+    }
+
+    /// Train `task` from scratch, or from the latest checkpoint when `resume`. Everything that
+    /// can refuse the run (too little data, a checkpoint that does not fit the model or was
+    /// trained on other backbones) is checked before the run folder is touched.
     pub fn fit<T: Task>(&self, task: &mut T, resume: bool) -> Result<Outcome> {
-        let cfg = &self.cfg;
-        let batches_per_epoch = task.batches_per_epoch();
-        let accum = cfg.grad_accum.max(1);
-        if batches_per_epoch < accum {
-            bail!(
-                "the training data gives {batches_per_epoch} micro-batches per epoch, fewer than the {accum} one optimizer \
-                 step accumulates (global batch train.batch_size = {}; lower it or train.grad_accum, or prepare more data)",
-                cfg.batch_size
-            );
+        let mut run = self.start(task, resume)?;
+        self.collective.broadcast(&task.parameters().into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+        std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create the run folder {}", self.run_dir.display()))?;
+        if self.is_main() {
+            crate::atomic::write(&self.run_dir.join(crate::yaml::RESOLVED_NAME), self.resolved_config.as_bytes())?;
+            run.metrics = Some(MetricsLog::open(&self.run_dir)?);
         }
-        let total_steps = self.total_steps(batches_per_epoch);
-        let end_step = cfg.max_steps.unwrap_or(total_steps);
-        let ckpts = CheckpointDir::new(self.run.checkpoints(), cfg.keep_last);
-        let mut optimizer = AdamW::new(task.var_store(), cfg.optimizer);
-        let mut scaler = GradScaler::new(cfg.scaler);
-        let mut state = TrainState { step: 0, epoch: 0, position: 0, samples: 0, skipped_steps: 0, best_val_loss: None, seed: self.seed };
-
-        let latest = ckpts.pointer(checkpoint::LATEST)?;
-        match (resume, latest) {
-            (true, Some(dir)) => {
-                state = restore(&dir, task.var_store(), &mut optimizer, &mut scaler)?;
-                if state.seed != self.seed {
-                    bail!("{} was trained with seed {}, the config says {}", dir.display(), state.seed, self.seed);
-                }
-                self.log(&format!("resuming from {} (step {}, epoch {}, batch {})", dir.display(), state.step, state.epoch, state.position));
-            }
-            (true, None) => self.log(&format!("--resume: no checkpoint in {}; starting from scratch", ckpts.root().display())),
-            (false, Some(dir)) => bail!(
-                "{} already holds checkpoints (latest {}); pass --resume to continue it, or change `name`/`output_dir`",
-                self.run.dir.display(),
-                dir.display()
-            ),
-            (false, None) => {}
-        }
-
-        // Every rank starts from rank 0's weights (fresh init or resumed).
-        self.collective.broadcast(&task.var_store().trainable_variables())?;
-        let mut metrics = if self.is_main() { Some(MetricsLog::open(&self.run.dir)?) } else { None };
-        let progress = if self.is_main() && !self.quiet {
-            Progress::new("train", end_step.saturating_sub(state.step))
-        } else {
-            Progress::hidden("train", end_step.saturating_sub(state.step))
-        };
-        let mut batches = task.batches(state.epoch, state.position);
-        let mut window = LogWindow::new();
-        let mut last_checkpoint = ckpts.pointer(checkpoint::LATEST)?.unwrap_or_default();
+        let todo = run.end_step.saturating_sub(run.state.step);
+        let progress = if self.is_main() && !self.quiet { Progress::new("train", todo) } else { Progress::hidden("train", todo) };
+        let mut batches = task.batches(run.state.epoch, run.state.position);
         let mut final_validation = Vec::new();
-
-        while state.step < end_step {
-            let step = state.step;
-            optimizer.zero_grad();
-            let mut parts: BTreeMap<String, f64> = BTreeMap::new();
-            let mut samples = 0usize;
-            for micro in 0..accum {
-                let batch = loop {
-                    match batches.next() {
-                        Some(b) => break b,
-                        None => {
-                            state.epoch += 1;
-                            state.position = 0;
-                            batches = task.batches(state.epoch, 0);
-                        }
-                    }
-                };
-                state.position += 1;
-                samples += task.batch_samples(&batch);
-                tch::manual_seed(step_seed(self.seed, step, micro as u64));
-                let loss = task.loss(&batch)?;
-                let value = loss.total.double_value(&[]);
-                if !value.is_finite() && cfg.precision != Precision::Fp16 {
-                    bail!(
-                        "loss is {value} at step {step} (micro-batch {micro}, epoch {}, batch {}); parts: {}. \
-                         Lower the learning rate or check the data; fp16 runs skip such steps instead",
-                        state.epoch,
-                        state.position - 1,
-                        format_parts(&loss.parts)
-                    );
-                }
-                for (name, v) in &loss.parts {
-                    *parts.entry(name.clone()).or_default() += v / accum as f64;
-                }
-                let scaled = &loss.total / accum as f64;
-                let scaled = if cfg.precision == Precision::Fp16 { scaler.scale_loss(&scaled) } else { scaled };
-                scaled.backward();
-            }
-            let grads = optimizer.grads();
-            if self.collective.world_size() > 1 {
-                self.collective.all_reduce_sum(&grads)?;
-                tch::no_grad(|| {
-                    for g in &grads {
-                        let _ = g.shallow_clone().g_div_scalar_(self.collective.world_size() as f64);
-                    }
-                });
-            }
-            let found_inf = if cfg.precision == Precision::Fp16 {
-                let local = Tensor::from_slice(&[scaler.unscale(&grads) as i32 as f32]).to_device(task.var_store().device());
-                self.collective.all_reduce_sum(&[local.shallow_clone()])?;
-                local.double_value(&[0]) > 0.0
-            } else {
-                false
-            };
-            let lr = learning_rate(&cfg.schedule, step, total_steps);
-            let grad_norm = if found_inf {
-                state.skipped_steps += 1;
-                f64::NAN
-            } else {
-                let norm = optimizer.clip_grad_norm(if cfg.clip_grad_norm > 0.0 { cfg.clip_grad_norm } else { f64::INFINITY });
-                optimizer.step(lr);
-                norm
-            };
-            if cfg.precision == Precision::Fp16 {
-                scaler.update(found_inf);
-            }
-            state.step += 1;
-            state.samples += samples as u64;
-            window.add(samples, &parts);
+        while run.state.step < run.end_step {
+            let (parts, samples, report) = self.step(task, &mut run, &mut batches)?;
+            run.window.add(samples, &parts);
             progress.inc(1);
-
-            let last = state.step == end_step;
-            if state.step % cfg.log_every.max(1) == 0 || last {
-                // Every rank drains its window and takes part in the reduction, so the logged
-                // figures describe the global batch; rank 0 writes them.
-                let mut scalars = window.drain();
-                self.reduce_across_ranks(&mut scalars, task.var_store().device())?;
-                scalars.push(("lr".into(), lr));
-                scalars.push(("grad_norm".into(), grad_norm));
-                scalars.push(("loss_scale".into(), if cfg.precision == Precision::Fp16 { scaler.scale() } else { 1.0 }));
-                scalars.push(("skipped_steps".into(), state.skipped_steps as f64));
-                scalars.push(("epoch".into(), state.epoch as f64));
-                scalars.extend(memory_mib());
-                self.log(&format!("step {}/{end_step} {}", state.step, format_parts(&scalars)));
-                if let Some(m) = metrics.as_mut() {
-                    m.log(state.step, &as_refs(&scalars))?;
-                }
+            let last = run.state.step == run.end_step;
+            if run.state.step % self.cfg.log_every.max(1) == 0 || last {
+                self.log_window(&mut run, &report, task.device())?;
             }
-            let validate = last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0);
             let mut is_best = false;
-            if validate {
-                let figures = task.validate(cfg.eval_batches)?;
-                if let Some(&(_, loss)) = figures.iter().find(|(n, _)| n == "val/loss") {
-                    is_best = loss.is_finite() && state.best_val_loss.map_or(true, |b| loss < b);
-                    if is_best {
-                        state.best_val_loss = Some(loss);
-                    }
-                }
-                if self.is_main() {
-                    self.log(&format!("validation at step {}: {}", state.step, format_parts(&figures)));
-                    if let Some(m) = metrics.as_mut() {
-                        m.log(state.step, &as_refs(&figures))?;
-                    }
-                }
+            if last || (self.cfg.eval_every > 0 && run.state.step % self.cfg.eval_every == 0) {
+                let figures = self.validate(task, &mut run, &mut is_best)?;
                 if last {
                     final_validation = figures;
                 }
             }
-            if self.is_main() && (last || is_best || (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0)) {
-                let groups = tensor_groups(task.var_store(), &optimizer, &scaler);
-                last_checkpoint = ckpts
-                    .save(state.step, &groups, &state, &self.resolved_config, is_best)
-                    .with_context(|| format!("cannot save the checkpoint of step {} in {}", state.step, ckpts.root().display()))?;
+            if last || is_best || (self.cfg.checkpoint_every > 0 && run.state.step % self.cfg.checkpoint_every == 0) {
+                self.checkpoint(task, &mut run, is_best)?;
             }
         }
         progress.finish();
-        Ok(Outcome { state, last_checkpoint, final_validation })
+        Ok(Outcome { state: run.state, last_checkpoint: run.last_checkpoint, final_validation })
+    }
+
+    /// Fresh state, or the latest checkpoint restored strictly; nothing is written.
+    fn start<T: Task>(&self, task: &mut T, resume: bool) -> Result<Run> {
+        let batches_per_epoch = task.batches_per_epoch();
+        let accum = self.cfg.grad_accum.max(1);
+        if batches_per_epoch < accum {
+            bail!(
+                "the training data gives {batches_per_epoch} micro-batches per epoch, fewer than the {accum} one optimizer \
+                 step accumulates (global batch train.batch_size = {}; lower it or train.grad_accum, or prepare more data)",
+                self.cfg.batch_size
+            );
+        }
+        let total_steps = self.total_steps(batches_per_epoch);
+        let mut run = Run {
+            optimizer: AdamW::new(task.parameters(), self.cfg.optimizer),
+            scaler: GradScaler::new(self.cfg.scaler),
+            state: TrainState::start(self.seed),
+            window: LogWindow::new(),
+            metrics: None,
+            total_steps,
+            end_step: self.cfg.max_steps.unwrap_or(total_steps),
+            last_checkpoint: PathBuf::new(),
+        };
+        let ckpts = self.checkpoints();
+        match (resume, ckpts.latest_complete()?) {
+            (true, Some(dir)) => {
+                run.state = restore(&dir, task, &mut run.optimizer, &mut run.scaler)?;
+                if run.state.seed != self.seed {
+                    bail!("{} was trained with seed {}, the config says {}", dir.display(), run.state.seed, self.seed);
+                }
+                self.log(&format!("resuming from {} (step {}, epoch {}, batch {})", dir.display(), run.state.step, run.state.epoch, run.state.position));
+                run.last_checkpoint = dir;
+            }
+            (true, None) => self.log(&format!("--resume: no checkpoint in {}; starting from scratch", ckpts.root().display())),
+            (false, Some(dir)) => bail!(
+                "{} already holds checkpoints (latest {}); pass --resume to continue it, or change `name`/`output_dir`",
+                self.run_dir.display(),
+                dir.display()
+            ),
+            (false, None) => {}
+        }
+        Ok(run)
+    }
+
+    /// One optimizer step: the micro-batches' forward and backward passes, the gradient
+    /// all-reduce, fp16 unscaling, clipping and the AdamW update.
+    fn step<T: Task>(&self, task: &mut T, run: &mut Run, batches: &mut Box<dyn Iterator<Item = T::Batch>>) -> Result<(BTreeMap<String, f64>, usize, StepReport)> {
+        let cfg = &self.cfg;
+        let accum = cfg.grad_accum.max(1);
+        let step = run.state.step;
+        run.optimizer.zero_grad();
+        let mut parts: BTreeMap<String, f64> = BTreeMap::new();
+        let mut samples = 0usize;
+        for micro in 0..accum {
+            let batch = loop {
+                match batches.next() {
+                    Some(b) => break b,
+                    None => {
+                        run.state.epoch += 1;
+                        run.state.position = 0;
+                        *batches = task.batches(run.state.epoch, 0);
+                    }
+                }
+            };
+            run.state.position += 1;
+            samples += task.batch_samples(&batch);
+            tch::manual_seed(step_seed(self.seed, step, micro as u64));
+            let loss = task.loss(&batch)?;
+            let value = loss.total.double_value(&[]);
+            if !value.is_finite() && cfg.precision != Precision::Fp16 {
+                bail!(
+                    "loss is {value} at step {step} (micro-batch {micro}, epoch {}, batch {}); parts: {}. \
+                     Lower the learning rate or check the data; fp16 runs skip such steps instead",
+                    run.state.epoch,
+                    run.state.position - 1,
+                    format_parts(&loss.parts)
+                );
+            }
+            for (name, v) in &loss.parts {
+                *parts.entry(name.clone()).or_default() += v / accum as f64;
+            }
+            let scaled = &loss.total / accum as f64;
+            let scaled = if cfg.precision == Precision::Fp16 { run.scaler.scale_loss(&scaled) } else { scaled };
+            scaled.backward();
+        }
+        let grads = run.optimizer.grads();
+        let world = self.collective.world_size();
+        if world > 1 {
+            self.collective.all_reduce_sum(&grads)?;
+            tch::no_grad(|| {
+                for g in &grads {
+                    let _ = g.shallow_clone().g_div_scalar_(world as f64);
+                }
+            });
+        }
+        let found_inf = if cfg.precision == Precision::Fp16 {
+            let local = Tensor::from_slice(&[run.scaler.unscale(&grads) as i32 as f32]).to_device(task.device());
+            self.collective.all_reduce_sum(&[local.shallow_clone()])?;
+            local.double_value(&[0]) > 0.0
+        } else {
+            false
+        };
+        let lr = learning_rate(&cfg.schedule, step, run.total_steps);
+        let grad_norm = if found_inf {
+            run.state.skipped_steps += 1;
+            f64::NAN
+        } else {
+            let norm = run.optimizer.clip_grad_norm(if cfg.clip_grad_norm > 0.0 { cfg.clip_grad_norm } else { f64::INFINITY });
+            run.optimizer.step(lr);
+            norm
+        };
+        if cfg.precision == Precision::Fp16 {
+            run.scaler.update(found_inf);
+        }
+        run.state.step += 1;
+        run.state.samples += samples as u64;
+        Ok((parts, samples, StepReport { lr, grad_norm }))
+    }
+
+    /// Log the window since the last line. Every rank drains its window and takes part in the
+    /// reduction, so the figures describe the global batch; rank 0 writes them.
+    fn log_window(&self, run: &mut Run, report: &StepReport, device: Device) -> Result<()> {
+        let mut scalars = run.window.drain();
+        self.reduce_across_ranks(&mut scalars, device)?;
+        let fp16 = self.cfg.precision == Precision::Fp16;
+        scalars.push(("lr".into(), report.lr));
+        scalars.push(("grad_norm".into(), report.grad_norm));
+        scalars.push(("loss_scale".into(), if fp16 { run.scaler.scale() } else { 1.0 }));
+        scalars.push(("skipped_steps".into(), run.state.skipped_steps as f64));
+        scalars.push(("epoch".into(), run.state.epoch as f64));
+        scalars.extend(memory_mib());
+        self.log(&format!("step {}/{} {}", run.state.step, run.end_step, format_parts(&scalars)));
+        if let Some(m) = run.metrics.as_mut() {
+            m.log(run.state.step, &as_refs(&scalars))?;
+        }
+        Ok(())
+    }
+
+    /// Validation figures; a lower finite `val/loss` than any before marks the step best.
+    fn validate<T: Task>(&self, task: &mut T, run: &mut Run, is_best: &mut bool) -> Result<Vec<(String, f64)>> {
+        let figures = task.validate(self.cfg.eval_batches)?;
+        if let Some(&(_, loss)) = figures.iter().find(|(n, _)| n == "val/loss") {
+            *is_best = loss.is_finite() && run.state.best_val_loss.is_none_or(|b| loss < b);
+            if *is_best {
+                run.state.best_val_loss = Some(loss);
+            }
+        }
+        if self.is_main() {
+            self.log(&format!("validation at step {}: {}", run.state.step, format_parts(&figures)));
+            if let Some(m) = run.metrics.as_mut() {
+                m.log(run.state.step, &as_refs(&figures))?;
+            }
+        }
+        Ok(figures)
+    }
+
+    /// Save a checkpoint (rank 0): the task's model state, optimizer, scaler, counters, config
+    /// and the backbones it was trained on.
+    fn checkpoint<T: Task>(&self, task: &T, run: &mut Run, is_best: bool) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
+        let groups = tensor_groups(task, &run.optimizer, &run.scaler);
+        let ckpts = self.checkpoints();
+        let contents = checkpoint::Contents { groups: &groups, resolved_config: &self.resolved_config, backbones: &task.backbones() };
+        run.last_checkpoint = ckpts
+            .save(run.state.step, &contents, &run.state, is_best)
+            .with_context(|| format!("cannot save the checkpoint of step {} in {}", run.state.step, ckpts.root().display()))?;
+        Ok(())
     }
 
     /// Average the window's losses over ranks and sum their throughput (`samples_per_s`).
-    fn reduce_across_ranks(&self, scalars: &mut [(String, f64)], device: tch::Device) -> Result<()> {
+    fn reduce_across_ranks(&self, scalars: &mut [(String, f64)], device: Device) -> Result<()> {
         let world = self.collective.world_size();
         if world == 1 {
             return Ok(());
@@ -410,7 +482,7 @@ impl<'a> Trainer<'a> {
         let values: Vec<f64> = scalars.iter().map(|(_, v)| *v).collect();
         let summed = Tensor::from_slice(&values).to_device(device);
         self.collective.all_reduce_sum(&[summed.shallow_clone()])?;
-        let summed = Vec::<f64>::try_from(summed.to_device(tch::Device::Cpu))?;
+        let summed = Vec::<f64>::try_from(summed.to_device(Device::Cpu))?;
         for ((name, value), total) in scalars.iter_mut().zip(summed) {
             *value = if name == "samples_per_s" { total } else { total / world as f64 };
         }
@@ -422,6 +494,18 @@ impl<'a> Trainer<'a> {
             eprintln!("[train] {line}");
         }
     }
+}
+
+/// `val/loss`: the mean of `loss` over the loader's first `max_batches` batches (all when
+/// unset), without gradients, each batch under a fixed seed.
+pub fn validation_loss(loader: &crate::data::loader::Loader, max_batches: Option<usize>, seed: u64, mut loss: impl FnMut(&crate::data::loader::Batch) -> Result<Tensor>) -> Result<Vec<(String, f64)>> {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (i, batch) in loader.batches(0, 0).take(max_batches.unwrap_or(usize::MAX)).enumerate() {
+        tch::manual_seed(step_seed(seed, u64::MAX, i as u64));
+        sum += tch::no_grad(|| loss(&batch))?.double_value(&[]);
+        count += 1;
+    }
+    Ok(if count == 0 { Vec::new() } else { vec![("val/loss".into(), sum / count as f64)] })
 }
 
 /// Running means of the logged parts between two log lines, and throughput.
@@ -475,9 +559,9 @@ fn memory_mib() -> Vec<(String, f64)> {
         .collect()
 }
 
-fn tensor_groups(vs: &VarStore, optimizer: &AdamW, scaler: &GradScaler) -> TensorGroups {
+fn tensor_groups<T: Task>(task: &T, optimizer: &AdamW, scaler: &GradScaler) -> TensorGroups {
     let mut groups = TensorGroups::new();
-    groups.insert("model".into(), vs.variables().into_iter().collect());
+    groups.insert("model".into(), task.model_state());
     groups.insert("optimizer".into(), optimizer.state());
     groups.insert("scaler".into(), scaler.state());
     groups
@@ -485,32 +569,24 @@ fn tensor_groups(vs: &VarStore, optimizer: &AdamW, scaler: &GradScaler) -> Tenso
 
 /// Copy a checkpoint's weights into `vs` (every variable must be present and shaped alike).
 pub fn load_weights(vs: &VarStore, weights: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
-    let mut problems = Vec::new();
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            match weights.get(&name) {
-                Some(w) if w.size() == var.size() => var.copy_(&w.to_kind(var.kind())),
-                Some(w) => problems.push(format!("{name}: checkpoint {:?}, model {:?}", w.size(), var.size())),
-                None => problems.push(format!("{name}: missing")),
-            }
-        }
-    });
-    if !problems.is_empty() {
-        bail!("{} does not fit the model:\n  {}", origin.display(), problems.join("\n  "));
-    }
-    Ok(())
+    crate::models::weights::copy_checked(&vs.variables().into_iter().collect::<Vec<_>>(), weights, origin)
 }
 
-fn restore(dir: &Path, vs: &VarStore, optimizer: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainState> {
+/// Restore `dir` into the task, optimizer and scaler. Every group is checked against what the
+/// model expects before any tensor is copied, so a checkpoint that does not fit changes nothing.
+fn restore<T: Task>(dir: &Path, task: &mut T, optimizer: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainState> {
     let loaded: checkpoint::Loaded<TrainState> = checkpoint::load(dir)?;
-    let group = |name: &str| loaded.groups.get(name).with_context(|| format!("{} has no {name}.safetensors", dir.display()));
-    load_weights(vs, group("model")?, dir)?;
-    optimizer.load_state(group("optimizer")?).with_context(|| format!("in {}", dir.display()))?;
-    let s = group("scaler")?;
-    match (s.get("scale"), s.get("growth_tracker")) {
-        (Some(scale), Some(tracker)) => scaler.load_state(scale, tracker),
-        _ => bail!("{}: scaler.safetensors lacks scale/growth_tracker", dir.display()),
+    let expected = tensor_groups(task, optimizer, scaler);
+    for (name, tensors) in &expected {
+        let saved = loaded.groups.get(name).with_context(|| format!("{} has no {name}.safetensors", dir.display()))?;
+        crate::models::weights::check_names_and_shapes(tensors, saved, &dir.join(format!("{name}.safetensors")))
+            .with_context(|| format!("cannot resume from {}: it does not fit the model this config builds", dir.display()))?;
     }
+    checkpoint::check_backbones(&loaded.backbones, &task.backbones(), dir)?;
+    crate::models::weights::copy_checked(&task.model_state(), &loaded.groups["model"], dir)?;
+    optimizer.load_state(&loaded.groups["optimizer"]).with_context(|| format!("in {}", dir.display()))?;
+    let s = &loaded.groups["scaler"];
+    scaler.load_state(&s["scale"], &s["growth_tracker"]);
     Ok(loaded.state)
 }
 
@@ -544,8 +620,11 @@ mod tests {
 
     impl Task for Toy {
         type Batch = (u64, usize);
-        fn var_store(&self) -> &VarStore {
-            &self.vs
+        fn parameters(&self) -> Vec<(String, Tensor)> {
+            crate::train::optimizer::trainable(&self.vs)
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
         }
         fn batches_per_epoch(&self) -> usize {
             self.data.len() / self.batch

@@ -1,11 +1,10 @@
 //! Shared by tests/distributed.rs and benches/distributed.rs: synthetic stage-1 shards (rows
 //! distinguishable by their codes and notes) and a tiny training config.
 #![allow(dead_code)]
-use std::collections::BTreeMap;
 use std::path::Path;
 use stylebridge::data::encodings::Octuple;
 use stylebridge::data::pairing::{octuple_ids, remi_ids};
-use stylebridge::data::shards::{self, AudioLayout, Manifest, PairRow, SplitCount};
+use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
 pub fn layout() -> AudioLayout {
@@ -28,20 +27,7 @@ pub fn row(i: usize) -> PairRow {
 
 /// `count` rows of [`row`] as train-split shards, with their manifest.
 pub fn write_shards(dir: &Path, count: usize) {
-    let rows: Vec<PairRow> = (0..count).map(row).collect();
-    let infos = shards::write_split(dir, Split::Train, &rows, 8 * rows[0].approx_bytes()).unwrap();
-    let songs: Vec<String> = rows.iter().map(|r| r.song_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    Manifest {
-        schema_version: shards::SCHEMA_VERSION,
-        audio: layout(),
-        counts: BTreeMap::from([(Split::Train, SplitCount { songs: songs.len(), rows: count })]),
-        songs: BTreeMap::from([(Split::Train, songs)]),
-        shards: infos,
-        skipped: vec![],
-        config: serde_json::json!({}),
-    }
-    .write(dir)
-    .unwrap();
+    crate::shards_support::write(dir, layout(), &[(Split::Train, (0..count).map(row).collect())]);
 }
 
 /// A tiny stage-1 run: contrastive only, no dropout, fp32, 6 steps of global batch 8; Adam eps

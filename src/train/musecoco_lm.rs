@@ -1,0 +1,144 @@
+//! A stand-in for MuseCoco's pretraining (SPEC 9): where the real MuseCoco-1B cannot be had, a
+//! tiny MuseCoco is trained as a language model over the training split's stage-2 sequences
+//! (`</s>` + attributes + `<sep>` + lead sheet + `<sep>` + arrangement + `</s>`, no soft prompt),
+//! every weight trainable and no adapters, then exported in the HF port's format
+//! (`config.json` + `model.safetensors`) so that stage 2 loads it through the loader a real
+//! MuseCoco uses, freezes it and adds LoRA, as the paper does with the real one.
+//!
+//! The loss covers every real token after the attribute prefix (lead sheet, `<sep>`, arrangement,
+//! `</s>`): a language model of the corpus's REMI sequences.
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use super::stage2::{Inputs, TinyMuseCoco};
+use super::trainer::{MicroLoss, Task};
+use crate::data::encodings::remi;
+use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet};
+use crate::models::blip2_musecoco::POS_START;
+use crate::models::musecoco::{MuseCoco, MuseCocoConfig};
+use crate::yaml::{Problems, Validate};
+
+/// Tokens before the lead sheet: `</s>`, 60 attribute tokens, `<sep>`.
+const PREFIX_TOKENS: i64 = 62;
+
+/// The `model:` config section of the stand-in pretraining (`kind: musecoco_lm`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub musecoco: TinyMuseCoco,
+}
+
+impl Validate for ModelConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        let m = &self.musecoco;
+        let at = format!("{at}.musecoco");
+        p.check(m.n_head >= 1 && m.n_embd >= m.n_head, &at, "n_embd", || format!("({}) must be at least n_head ({}) >= 1", m.n_embd, m.n_head));
+        p.check(m.n_layer >= 1, &at, "n_layer", || format!("is {}; must be at least 1", m.n_layer));
+        p.check(m.ffn_dim >= 1, &at, "ffn_dim", || format!("is {}; must be at least 1", m.ffn_dim));
+    }
+}
+
+pub struct MusecocoLmTask {
+    vs: VarStore,
+    model: MuseCoco,
+    train: Loader,
+    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    seed: u64,
+}
+
+impl MusecocoLmTask {
+    pub fn new(cfg: &ModelConfig, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, device: Device, seed: u64) -> Self {
+        tch::manual_seed(seed as i64);
+        let vs = VarStore::new(device);
+        let model = MuseCoco::new(vs.root(), &MuseCocoConfig { use_lora: false, ..cfg.musecoco.config() });
+        // Pretraining trains every weight the finished model will hold frozen.
+        for (_, var) in vs.variables() {
+            let _ = var.set_requires_grad(true);
+        }
+        Self { vs, model, train, valid, seed }
+    }
+
+    fn loss_of(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let x = Inputs::from_batch(batch, self.vs.device())?;
+        let (b, l) = x.tokens.size2()?;
+        let hidden = self.model.forward_embeds(&self.model.embed(&x.tokens, POS_START, train), Some(&x.is_real.eq(0)), train);
+        // Position j predicts token j + 1; targets are the real tokens after the prefix.
+        let index = Tensor::arange(l - 1, (Kind::Int64, x.tokens.device())).unsqueeze(0).expand([b, l - 1], false) + 1;
+        let keep = x.is_real.narrow(1, 1, l - 1).gt(0).logical_and(&index.ge(PREFIX_TOKENS));
+        let c = self.model.config().n_embd;
+        let h = hidden.narrow(1, 0, l - 1).masked_select(&keep.unsqueeze(-1)).view([-1, c]);
+        let targets = x.tokens.narrow(1, 1, l - 1).masked_select(&keep);
+        Ok(self.model.logits(&h).to_kind(Kind::Float).cross_entropy_for_logits(&targets))
+    }
+
+    /// Write the model in the HF port's format: `config.json` (the 1B config's fields, with
+    /// `use_lora: true` as the real one has, so stage 2 adds adapters) and `model.safetensors`.
+    pub fn export(&self, dir: &Path) -> Result<()> {
+        let cfg = self.model.config();
+        let config = serde_json::json!({
+            "architectures": ["MuseCocoLMHeadModel"],
+            "model_type": "musecoco",
+            "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.n_embd,
+            "n_head": cfg.n_head,
+            "n_layer": cfg.n_layer,
+            "ffn_dim": cfg.ffn_dim,
+            "scale_emb": cfg.scale_emb,
+            "norm_before": cfg.norm_before,
+            "layernorm_emb": cfg.layernorm_emb,
+            "use_lora": true,
+            "dropout": cfg.dropout,
+            "bos_token_id": remi::EOS,
+            "eos_token_id": remi::EOS,
+            "torch_dtype": "float32",
+        });
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::atomic::write(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
+        let staged = scratch.path().join("model.safetensors");
+        Tensor::write_safetensors(&named.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect::<Vec<_>>(), &staged)
+            .with_context(|| format!("cannot serialise the model for {}", dir.display()))?;
+        let bytes = std::fs::read(&staged).with_context(|| format!("cannot read back {}", staged.display()))?;
+        crate::atomic::write(&dir.join("model.safetensors"), &bytes)
+    }
+}
+
+impl Task for MusecocoLmTask {
+    type Batch = Batch;
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        crate::train::optimizer::trainable(&self.vs)
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.batches_per_epoch()
+    }
+
+    fn batch_samples(&self, batch: &Batch) -> usize {
+        batch.len()
+    }
+
+    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(self.train.batches(epoch, start))
+    }
+
+    fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
+        let total = self.loss_of(batch, true)?;
+        Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
+    }
+
+    fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
+        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
+        let loader = Loader::new(Arc::clone(set), options.clone())?;
+        super::trainer::validation_loss(&loader, max_batches, self.seed, |batch| self.loss_of(batch, false))
+    }
+}

@@ -1,0 +1,441 @@
+//! Stage 2 (BOSSA `Blip2Musecoco`, `train_stage2.py`): frozen EnCodec codes -> the frozen audio
+//! path -> the stage-1 Q-Former's audio stream (trainable) -> `musecoco_proj` -> soft prompt to
+//! MuseCoco (frozen, LoRA r16 trainable), trained on the piano tokens in fp32 (BOSSA notes that
+//! linear attention overflows in fp16).
+//!
+//! The Q-Former starts from stage 1: a stylebridge stage-1 run (its config gives the Q-Former
+//! shape and the MusicGen it was trained on) or a BOSSA stage-1 checkpoint converted by
+//! `stylebridge convert --format bossa-stage1` (its config.json gives both; its frozen MusicGen is
+//! used unless `model.musicgen` names one). Without `stage1` it is the paper's "w/o PT" ablation:
+//! the Q-Former skips stage 1 (MusicBERT init when `musicbert` is set, else random).
+//!
+//! A checkpoint keeps what trains (Q-Former, projection, adapters) and names the frozen
+//! backbones (MuseCoco, MusicGen, the stage-1 model, the EnCodec that made the codes) with their
+//! sha256; [`Stage2Model::from_run`] rebuilds the model from it for `arrange`.
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use super::checkpoint::{self, Backbone};
+use super::stage1;
+use super::trainer::{MicroLoss, Precision, Task};
+use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
+use crate::models::blip2_musecoco::Blip2Musecoco;
+use crate::models::frozen_audio::{step_mask, FrozenAudio, MusicgenSource};
+use crate::models::musecoco::MuseCocoConfig;
+use crate::models::musicgen::MusicgenDecoderConfig;
+use crate::models::qformer::{QFormer, QFormerConfig};
+use crate::models::weights::Checkpoint;
+use crate::yaml::{Problems, Validate};
+
+/// A MuseCoco small enough for CPU tests, built from a seed (the demo pretrains its own instead).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TinyMuseCoco {
+    pub n_embd: i64,
+    pub n_head: i64,
+    pub n_layer: i64,
+    pub ffn_dim: i64,
+}
+
+impl Default for TinyMuseCoco {
+    fn default() -> Self {
+        Self { n_embd: 128, n_head: 4, n_layer: 4, ffn_dim: 512 }
+    }
+}
+
+impl TinyMuseCoco {
+    pub fn config(&self) -> MuseCocoConfig {
+        MuseCocoConfig { n_embd: self.n_embd, n_head: self.n_head, n_layer: self.n_layer, ffn_dim: self.ffn_dim, ..MuseCocoConfig::xlarge() }
+    }
+}
+
+/// Where MuseCoco comes from: the HF port's folder (`config.json` + `model.safetensors`), or tiny.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MuseCocoSource {
+    pub checkpoint: Option<PathBuf>,
+    pub tiny: Option<TinyMuseCoco>,
+}
+
+impl Validate for MuseCocoSource {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        p.check(self.checkpoint.is_none() || self.tiny.is_none(), at, "checkpoint", || "and `tiny` are both given; give one".into());
+        if let Some(t) = &self.tiny {
+            let at = format!("{at}.tiny");
+            p.check(t.n_head >= 1 && t.n_embd >= t.n_head, &at, "n_embd", || format!("({}) must be at least n_head ({}) >= 1", t.n_embd, t.n_head));
+            p.check(t.n_layer >= 1, &at, "n_layer", || format!("is {}; must be at least 1", t.n_layer));
+            p.check(t.ffn_dim >= 1, &at, "ffn_dim", || format!("is {}; must be at least 1", t.ffn_dim));
+        }
+    }
+}
+
+/// The `model:` config section of stage 2 (`kind: stage2`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The stage-1 model the Q-Former starts from: a stylebridge stage-1 run, checkpoints or
+    /// step folder (`best`, else `latest`), or a converted BOSSA stage-1 folder. Unset: "w/o PT".
+    pub stage1: Option<PathBuf>,
+    /// "w/o PT" only: start the Q-Former from MusicBERT (`stylebridge convert --format musicbert`).
+    pub musicbert: Option<PathBuf>,
+    /// The frozen audio path; unset: the stage-1 model's.
+    pub musicgen: Option<MusicgenSource>,
+    /// The Q-Former's shape; unset: the stage-1 model's (`encoder_width` follows MusicGen).
+    pub qformer: Option<QFormerConfig>,
+    pub musecoco: MuseCocoSource,
+    /// Keep the frozen MusicGen features of every audio window seen (see stage 1).
+    pub cache_features: bool,
+}
+
+impl PartialEq for ModelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+impl Validate for ModelConfig {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        p.check(self.stage1.is_none() || self.musicbert.is_none(), at, "musicbert", || {
+            "is set beside `stage1`: MusicBERT initialises the Q-Former only in the \"w/o PT\" ablation (no stage1)".into()
+        });
+        if self.stage1.is_none() {
+            p.check(self.musicgen.is_some(), at, "musicgen", || "must be given when `stage1` is not (the \"w/o PT\" ablation)".into());
+            p.check(self.qformer.is_some(), at, "qformer", || "must be given when `stage1` is not (the \"w/o PT\" ablation)".into());
+        }
+        if let Some(m) = &self.musicgen {
+            m.validate(&format!("{at}.musicgen"), p);
+        }
+        if let Some(q) = &self.qformer {
+            q.validate(&format!("{at}.qformer"), p);
+        }
+        self.musecoco.validate(&format!("{at}.musecoco"), p);
+        p.check(self.musecoco.checkpoint.is_some() || self.musecoco.tiny.is_some(), at, "musecoco", || {
+            "needs `checkpoint` (the HF port of MuseCoco) or `tiny`".into()
+        });
+    }
+}
+
+impl ModelConfig {
+    /// The config with `musicgen` and `qformer` filled in from the stage-1 run where unset, so a
+    /// run's resolved config says what it trained on without its stage-1 run.
+    pub fn resolve(&self) -> Result<Self> {
+        let Some(path) = &self.stage1 else { return Ok(self.clone()) };
+        let origin = Stage1Origin::open(path)?;
+        Ok(Self {
+            musicgen: self.musicgen.clone().or(origin.musicgen),
+            qformer: Some(self.qformer.clone().unwrap_or(origin.qformer)),
+            ..self.clone()
+        })
+    }
+}
+
+/// Stage 2 trains in fp32 only.
+pub fn check_precision(precision: Precision) -> Result<()> {
+    ensure!(
+        precision == Precision::Fp32,
+        "train.precision is {precision:?}; stage 2 trains in fp32 (MuseCoco's linear attention overflows in fp16, as BOSSA notes)"
+    );
+    Ok(())
+}
+
+/// Where a frozen MusicGen decoder lives inside a converted BOSSA checkpoint.
+const BOSSA_STAGE1_MUSICGEN: &str = "musicgen_decoder.decoder.";
+const BOSSA_STAGE2_MUSICGEN: &str = "blip2qformer.musicgen_decoder.decoder.";
+
+/// A stage-1 model to start from, read from disk.
+struct Stage1Origin {
+    /// The folder hashed as the `stage1` backbone.
+    dir: PathBuf,
+    weights: Checkpoint,
+    qformer: QFormerConfig,
+    /// The run's MusicGen; None for a BOSSA checkpoint, which stores its own.
+    musicgen: Option<MusicgenSource>,
+    embedded_musicgen: Option<(MusicgenDecoderConfig, &'static str)>,
+}
+
+impl Stage1Origin {
+    fn open(path: &Path) -> Result<Self> {
+        if path.join("config.json").is_file() && !path.join(crate::yaml::RESOLVED_NAME).is_file() {
+            // A converted BOSSA stage-1 checkpoint.
+            let config = path.join("config.json");
+            let qformer = QFormerConfig::from_json_file(&config)?;
+            let weights = Checkpoint::open(path)?;
+            let embedded = musicgen_section(&config)?.map(|c| (c, BOSSA_STAGE1_MUSICGEN));
+            return Ok(Self { dir: path.to_path_buf(), weights, qformer, musicgen: None, embedded_musicgen: embedded });
+        }
+        let dir = checkpoint::resolve(path).with_context(|| format!("model.stage1 = {}", path.display()))?;
+        let model = run_model_section(&dir)?;
+        let stage1: stage1::ModelConfig = crate::yaml::from_value(model).with_context(|| {
+            format!("{}: not a stage-1 run (its model section is not `kind: stage1`)", dir.join(crate::yaml::RESOLVED_NAME).display())
+        })?;
+        let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
+        Ok(Self { dir, weights, qformer: stage1.qformer, musicgen: Some(stage1.musicgen), embedded_musicgen: None })
+    }
+}
+
+/// The `model:` section of a run's resolved config, without its `kind` (checked to be `stage1`
+/// or `stage2` by the caller's deserialisation).
+fn run_model_section(dir: &Path) -> Result<serde_yaml_ng::Value> {
+    let path = dir.join(crate::yaml::RESOLVED_NAME);
+    let value = crate::yaml::read_value(&path, &[])?;
+    let mut model = value.get("model").cloned().with_context(|| format!("{}: no `model` section", path.display()))?;
+    if let serde_yaml_ng::Value::Mapping(m) = &mut model {
+        m.remove("kind");
+    }
+    Ok(model)
+}
+
+/// The `musicgen` section a converted BOSSA checkpoint's config.json carries, if any.
+fn musicgen_section(config: &Path) -> Result<Option<MusicgenDecoderConfig>> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config.display()))?;
+    match json.get("musicgen") {
+        None => Ok(None),
+        Some(section) => serde_path_to_error::deserialize(section.clone())
+            .map(Some)
+            .with_context(|| format!("{}: `musicgen` is not a MusicGen decoder config", config.display())),
+    }
+}
+
+/// The stage-2 model with its frozen audio path, and the backbones it stands on.
+pub struct Stage2Model {
+    pub audio: FrozenAudio,
+    pub net: Blip2Musecoco,
+    pub backbones: Vec<Backbone>,
+}
+
+impl Stage2Model {
+    /// Build for training: the frozen audio path, the Q-Former from stage 1 (or "w/o PT"),
+    /// MuseCoco from its checkpoint (or tiny, from `seed`), fresh adapters and projection.
+    pub fn for_training(cfg: &ModelConfig, device: Device, seed: u64) -> Result<Self> {
+        let origin = cfg.stage1.as_deref().map(Stage1Origin::open).transpose()?;
+        let (audio, mut backbones) = build_audio(cfg, origin.as_ref(), device, seed)?;
+        let qcfg = qformer_config(cfg, origin.as_ref(), &audio)?;
+        let (musecoco_cfg, musecoco_ckpt) = musecoco(&cfg.musecoco)?;
+        tch::manual_seed(seed.wrapping_add(2) as i64);
+        let mut net = Blip2Musecoco::new(&qcfg, &musecoco_cfg, device);
+        match (&origin, &cfg.musicbert) {
+            (Some(o), _) => {
+                net.load_stage1_qformer(&o.weights)?;
+                backbones.push(Backbone::hash("stage1", &o.dir)?);
+            }
+            (None, Some(path)) => {
+                // MusicBERT initialises the symbolic model; stage 2 keeps its audio stream.
+                let symbolic = VarStore::new(device);
+                let qformer = QFormer::new(symbolic.root(), &QFormerConfig { symbolic: true, ..qcfg.clone() });
+                let ckpt = Checkpoint::open(path).with_context(|| format!("cannot open the MusicBERT checkpoint {}", path.display()))?;
+                qformer.init_from_musicbert(&symbolic, &ckpt)?;
+                let initialised = Checkpoint::from_tensors(path, symbolic.variables());
+                net.load_stage1_qformer(&initialised)?;
+            }
+            (None, None) => {}
+        }
+        if let Some((ckpt, dir)) = &musecoco_ckpt {
+            net.load_musecoco(ckpt)?;
+            backbones.push(Backbone::hash("musecoco", dir)?);
+        }
+        Ok(Self { audio: audio.with_cache(cfg.cache_features), net, backbones })
+    }
+
+    /// Rebuild a trained model for arrangement: a stylebridge stage-2 run / checkpoint folder
+    /// (its config and backbones, then what it trained), or a converted `bossa_stage2.pt` folder.
+    pub fn from_run(path: &Path, device: Device) -> Result<(Self, PathBuf)> {
+        if path.join("config.json").is_file() && !path.join(crate::yaml::RESOLVED_NAME).is_file() {
+            return Ok((Self::from_bossa(path, device)?, path.to_path_buf()));
+        }
+        let dir = checkpoint::resolve(path)?;
+        let model = run_model_section(&dir)?;
+        let cfg: ModelConfig = crate::yaml::from_value(model).map_err(|e| {
+            let stage1 = crate::yaml::from_value::<stage1::ModelConfig>(run_model_section(&dir).unwrap_or_default()).is_ok();
+            if stage1 {
+                anyhow::anyhow!("{} is a stage-1 run; `arrange` needs a stage-2 run (train one with `kind: stage2`)", dir.display())
+            } else {
+                e.context(format!("{}: not a stage-2 run", dir.join(crate::yaml::RESOLVED_NAME).display()))
+            }
+        })?;
+        let loaded: checkpoint::Loaded<serde_json::Value> = checkpoint::load(&dir)?;
+        let mut model = Self::for_arrange(&cfg, &loaded.backbones, device)?;
+        let trained = loaded.groups.get("model").with_context(|| format!("{} has no model.safetensors", dir.display()))?;
+        model.net.load_trained(trained, &dir.join("model.safetensors"))?;
+        Ok((model, dir))
+    }
+
+    /// The frozen parts as the run's config names them (paths recorded in its backbones win, so
+    /// a run moved with its backbones still loads), fresh trainables.
+    fn for_arrange(cfg: &ModelConfig, recorded: &[Backbone], device: Device) -> Result<Self> {
+        let origin = cfg.stage1.as_deref().map(Stage1Origin::open).transpose()?;
+        let (audio, _) = build_audio(cfg, origin.as_ref(), device, 0)?;
+        let qcfg = qformer_config(cfg, origin.as_ref(), &audio)?;
+        let (musecoco_cfg, musecoco_ckpt) = musecoco(&cfg.musecoco)?;
+        let mut net = Blip2Musecoco::new(&qcfg, &musecoco_cfg, device);
+        match musecoco_ckpt {
+            Some((ckpt, _)) => net.load_musecoco(&ckpt)?,
+            None => bail!("the run's MuseCoco is `tiny` (random, from a seed): it cannot be rebuilt for arrangement"),
+        }
+        Ok(Self { audio, net, backbones: recorded.to_vec() })
+    }
+
+    fn from_bossa(dir: &Path, device: Device) -> Result<Self> {
+        let config = dir.join("config.json");
+        let qcfg = QFormerConfig::from_json_file(&config)?;
+        let musecoco_cfg = MuseCocoConfig::from_json_file(&config)?;
+        let decoder = musicgen_section(&config)?.with_context(|| {
+            format!("{}: no `musicgen` section (convert the checkpoint again with this version of `stylebridge convert`)", config.display())
+        })?;
+        let ckpt = Checkpoint::open(dir)?;
+        ensure!(
+            ckpt.names().any(|n| n.starts_with(crate::models::blip2_musecoco::MUSECOCO_PREFIX)),
+            "{}: no MuseCoco weights (`musecoco.*`); is this a stage-2 checkpoint?",
+            dir.display()
+        );
+        let audio = FrozenAudio::from_checkpoint(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, None, device, Kind::Float)?;
+        let mut net = Blip2Musecoco::new(&QFormerConfig { encoder_width: audio.config().hidden_size, ..qcfg }, &musecoco_cfg, device);
+        net.load_bossa(&ckpt)?;
+        Ok(Self { audio, net, backbones: vec![Backbone::hash("stage2", dir)?] })
+    }
+
+    pub fn device(&self) -> Device {
+        self.net.device()
+    }
+
+    /// Soft prompts [B, Q, C] of code windows [B, K, T] with frame keep-masks [B, T].
+    pub fn soft_prompt(&mut self, codes: &Tensor, frame_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let states = self.audio.states(codes)?;
+        self.net.soft_prompt(&states, &step_mask(frame_mask, codes.size()[1]), train)
+    }
+
+    /// Check that the prepared data fit: codebooks and pad code.
+    pub fn check_data(&self, set: &PairSet, origin: &str) -> Result<()> {
+        self.audio.check_codes(set.layout.n_q, i64::from(set.layout.pad_code), origin)
+    }
+}
+
+/// The frozen audio path: `model.musicgen`, else the stage-1 run's, else the BOSSA checkpoint's.
+fn build_audio(cfg: &ModelConfig, origin: Option<&Stage1Origin>, device: Device, seed: u64) -> Result<(FrozenAudio, Vec<Backbone>)> {
+    let source = cfg.musicgen.clone().or_else(|| origin.and_then(|o| o.musicgen.clone()));
+    if let Some(source) = source {
+        let backbones = source.checkpoint.iter().map(|dir| Backbone::hash("musicgen", dir)).collect::<Result<_>>()?;
+        return Ok((FrozenAudio::new(&source, Kind::Float, device, seed)?, backbones));
+    }
+    match origin.and_then(|o| o.embedded_musicgen.clone().map(|e| (o, e))) {
+        Some((o, (decoder, prefix))) => Ok((FrozenAudio::from_checkpoint(&o.weights, prefix, decoder, None, device, Kind::Float)?, Vec::new())),
+        None => bail!("model.musicgen is not set and the stage-1 model names no MusicGen (give model.musicgen)"),
+    }
+}
+
+fn qformer_config(cfg: &ModelConfig, origin: Option<&Stage1Origin>, audio: &FrozenAudio) -> Result<QFormerConfig> {
+    let base = match (&cfg.qformer, origin) {
+        (Some(q), _) => q.clone(),
+        (None, Some(o)) => o.qformer.clone(),
+        (None, None) => bail!("model.qformer is not set and there is no stage-1 model to take it from"),
+    };
+    Ok(QFormerConfig { encoder_width: audio.config().hidden_size, symbolic: false, ..base })
+}
+
+/// MuseCoco's config and, for a real checkpoint, its weights and folder.
+fn musecoco(source: &MuseCocoSource) -> Result<(MuseCocoConfig, Option<(Checkpoint, PathBuf)>)> {
+    match (&source.checkpoint, &source.tiny) {
+        (Some(dir), None) => {
+            let cfg = MuseCocoConfig::from_json_file(&dir.join("config.json"))?;
+            let ckpt = Checkpoint::open(dir).with_context(|| format!("cannot open the MuseCoco checkpoint {}", dir.display()))?;
+            Ok((cfg, Some((ckpt, dir.clone()))))
+        }
+        (None, Some(tiny)) => Ok((tiny.config(), None)),
+        _ => bail!("model.musecoco: give `checkpoint` (the HF port of MuseCoco) or `tiny`"),
+    }
+}
+
+/// A stage-2 batch as tensors on the model's device.
+pub struct Inputs {
+    pub codes: Tensor,
+    pub audio_mask: Tensor,
+    pub tokens: Tensor,
+    pub is_target: Tensor,
+    pub is_real: Tensor,
+}
+
+impl Inputs {
+    pub fn from_batch(batch: &Batch, device: Device) -> Result<Self> {
+        let Symbolic::Stage2 { len, tokens, is_target, is_real } = &batch.symbolic else {
+            bail!("stage 2 needs REMI batches (the loader was built for stage 1)");
+        };
+        let b = batch.len() as i64;
+        let (n_q, frames, len) = (batch.n_q as i64, batch.frames as i64, *len as i64);
+        let mask = |v: &[u8], cols: i64| Tensor::from_slice(v).view([b, cols]).to_kind(Kind::Float).to_device(device);
+        Ok(Self {
+            codes: Tensor::from_slice(&batch.codes).view([b, n_q, frames]).to_device(device),
+            audio_mask: mask(&batch.audio_mask, frames),
+            tokens: Tensor::from_slice(tokens).view([b, len]).to_device(device),
+            is_target: mask(is_target, len),
+            is_real: mask(is_real, len),
+        })
+    }
+}
+
+/// Stage 2 as a [`Task`] for the trainer.
+pub struct Stage2Task {
+    pub model: Stage2Model,
+    train: Loader,
+    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    seed: u64,
+}
+
+impl Stage2Task {
+    /// `encodec` names the EnCodec that made the codes (recorded, for `arrange`).
+    pub fn new(mut model: Stage2Model, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, seed: u64) -> Result<Self> {
+        let encodec = PathBuf::from(&train.set().layout.encodec);
+        if encodec.exists() {
+            model.backbones.push(Backbone::hash("encodec", &encodec)?);
+        }
+        Ok(Self { model, train, valid, seed })
+    }
+
+    fn loss_of(&mut self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let x = Inputs::from_batch(batch, self.model.device())?;
+        let soft = self.model.soft_prompt(&x.codes, &x.audio_mask, train)?;
+        self.model.net.loss(&soft, &x.tokens, &x.is_target, &x.is_real, train)
+    }
+}
+
+impl Task for Stage2Task {
+    type Batch = Batch;
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.model.net.parameters()
+    }
+
+    fn backbones(&self) -> Vec<Backbone> {
+        self.model.backbones.clone()
+    }
+
+    fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.batches_per_epoch()
+    }
+
+    fn batch_samples(&self, batch: &Batch) -> usize {
+        batch.len()
+    }
+
+    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(self.train.batches(epoch, start))
+    }
+
+    fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
+        let total = self.loss_of(batch, true)?;
+        Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
+    }
+
+    /// Validation loss: centred windows, no transposition, no dropout.
+    fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
+        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
+        let loader = Loader::new(Arc::clone(set), options.clone())?;
+        super::trainer::validation_loss(&loader, max_batches, self.seed, |batch| self.loss_of(batch, false))
+    }
+}
