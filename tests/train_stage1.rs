@@ -208,3 +208,113 @@ fn configs_that_do_not_fit_fail_clearly() {
     let missing = run(&["train", cfg.to_str().unwrap(), "--set", &format!("data.shards={}", dir.path().join("nope").display())]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("manifest.json"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
+
+/// Every file under `dir` with its bytes, to show a refused command changed nothing.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_resume_that_does_not_fit_leaves_the_run_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 16, 4);
+    let cfg = config(dir.path(), "resumed", 2);
+    let cfg = cfg.to_str().unwrap();
+    ok_run(&["train", cfg, "--set", "train.max_steps=4"]);
+    let run_dir = dir.path().join("resumed");
+    let before = snapshot(&run_dir);
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&["--set", "model.qformer.num_hidden_layers=1"], &["model.qformer.num_hidden_layers: checkpoint 2, now 1"]),
+        (&["--set", "data.max_notes=20", "--set", "seed=4"], &["data.max_notes: checkpoint 12, now 20", "seed: checkpoint 3, now 4"]),
+        (&["--set", "train.schedule.peak_lr=0.01"], &["train.schedule.peak_lr"]),
+    ];
+    for (extra, wants) in cases {
+        let mut args = vec!["train", cfg, "--resume"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} resumed");
+        for want in wants {
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+        assert!(snapshot(&run_dir) == before, "{extra:?} changed the run folder");
+    }
+    // Operational keys may change: the run goes on to its end.
+    ok_run(&["train", cfg, "--resume", "--set", "train.log_every=2", "--set", "train.keep_last=3"]);
+    assert!(latest(&run_dir).unwrap().ends_with("step-00000008"));
+
+    // A damaged latest checkpoint is named, with the previous complete one to go back to.
+    let last = latest(&run_dir).unwrap();
+    let model = last.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let before = snapshot(&run_dir);
+    let out = run(&["train", cfg, "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("step-00000008 is damaged") && err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("the previous complete checkpoint is") && err.contains("step-00000006"), "{err}");
+    assert!(snapshot(&run_dir) == before, "the refused resume changed the run folder");
+}
+
+#[test]
+fn refused_runs_leave_no_run_folder_and_nonsense_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 8, 4);
+    let cfg = config(dir.path(), "refused", 1);
+    let cfg = cfg.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (&["--set", &format!("data.shards={}", dir.path().join("nope").display())], "manifest.json"),
+        (&["--set", "train.epochs=0"], "`train.epochs` is 0; must be at least 1"),
+        (&["--set", "train.schedule.peak_lr=-1"], "`train.schedule.peak_lr` is -1"),
+        (&["--set", "train.schedule.floor_lr=0.5"], "`train.schedule.floor_lr` is 0.5; must be in [0, peak_lr"),
+        (&["--set", "train.batch_size=0"], "`train.batch_size` is 0"),
+        (&["--set", "train.device=cuda:1"], "device `cuda:1` is not available"),
+        (&["--set", "train.device=tpu"], "`train.device` is `tpu`"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["train", cfg];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        assert!(!dir.path().join("refused").exists(), "{extra:?} left a run folder");
+    }
+    // `config` shows the same checks before anything runs.
+    let out = run(&["config", cfg, "--set", "train.batch_size=0", "--set", "data.max_notes=1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("2 config values are out of range") && err.contains("`data.max_notes` is 1"), "{err}");
+}
+
+#[test]
+fn evaluation_on_a_missing_gpu_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"), 8, 4);
+    let cfg = config(dir.path(), "gpu", 1);
+    ok_run(&["train", cfg.to_str().unwrap()]);
+    if tch::Cuda::is_available() {
+        return; // the machine has the device asked for
+    }
+    let run_dir = dir.path().join("gpu");
+    let out = run(&["eval", "retrieval", "--checkpoint", run_dir.to_str().unwrap(), "--device", "cuda"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("device `cuda` is not available") && err.contains("no CUDA device"), "{err}");
+}
+
+fn ok_run(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}

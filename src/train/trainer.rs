@@ -675,8 +675,9 @@ mod tests {
     }
 
     fn weights(vs: &VarStore) -> Vec<u32> {
-        let vars = vs.variables();
-        ["w", "b"].iter().flat_map(|n| Vec::<f32>::try_from(&vars[*n]).unwrap()).map(f32::to_bits).collect()
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.iter().flat_map(|(_, t)| Vec::<f32>::try_from(t).unwrap()).map(f32::to_bits).collect()
     }
 
     #[test]
@@ -752,6 +753,23 @@ mod tests {
         let t = Trainer { quiet: true, ..Trainer::new(cfg(Precision::Fp32), 1, dir.path(), String::new(), &SingleProcess) };
         let err = t.fit(&mut task, false).unwrap_err().to_string();
         assert!(err.contains("loss is inf at step 2"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_fit_the_model_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TrainConfig { max_steps: Some(3), ..cfg(Precision::Fp32) };
+        let t = Trainer { quiet: true, ..Trainer::new(c.clone(), 7, dir.path(), "x: 1\n".into(), &SingleProcess) };
+        t.fit(&mut Toy::new(vec![]), false).unwrap();
+        let latest = t.latest().unwrap().unwrap();
+        // A wider model: the saved `w` is mis-shaped, and its optimizer moments with it.
+        let mut wider = Toy::new(vec![]);
+        wider.w = wider.vs.root().var("w2", &[5], nn::Init::Const(0.0));
+        let before = weights(&wider.vs);
+        let err = format!("{:#}", t.fit(&mut wider, true).unwrap_err());
+        assert!(err.contains("does not fit the model") && err.contains("1 missing tensor(s)") && err.contains("w2 [5]"), "{err}");
+        assert_eq!(weights(&wider.vs), before, "nothing was copied");
+        assert_eq!(t.latest().unwrap().unwrap(), latest);
     }
 
     #[test]
