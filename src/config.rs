@@ -172,6 +172,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_experiment_file_reads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                read += 1;
+            }
+        }
+        assert!(read >= 8, "only {read} experiment files");
+    }
+
+    #[test]
     fn resolved_config_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ExperimentConfig {
