@@ -1,14 +1,13 @@
 //! `stylebridge eval retrieval --checkpoint CKPT --data SHARDS`: the paper's retrieval protocol.
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{self, ExperimentConfig, ModelConfig, RESOLVED_NAME};
+use crate::config::{self, ExperimentConfig, RESOLVED_NAME};
 use crate::data::loader::{LoaderOptions, PairSet, Stage};
 use crate::eval::retrieval::{self, Source};
 use crate::train::checkpoint;
 use crate::train::stage1::Stage1Model;
-use crate::train::trainer::{load_weights, TrainState};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,17 +50,11 @@ pub fn run(args: Args) -> Result<()> {
 fn run_retrieval(args: RetrievalArgs) -> Result<()> {
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg: ExperimentConfig = config::load(&dir.join(RESOLVED_NAME), &args.overrides)?;
-    let ModelConfig::Stage1(model_cfg) = &cfg.model else {
-        bail!("{} is not a stage-1 run: retrieval ranks with the stage-1 model (its `model.kind` is not stage1)", dir.display());
-    };
     if let Some(threads) = cfg.train.threads {
         tch::set_num_threads(threads as i32);
     }
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&cfg.train.device))?;
-    let loaded: checkpoint::Loaded<TrainState> = checkpoint::load(&dir)?;
-    let mut model = Stage1Model::new(model_cfg, cfg.train.precision, device, cfg.seed)?;
-    let weights = loaded.groups.get("model").with_context(|| format!("{} has no model.safetensors", dir.display()))?;
-    load_weights(&model.vs, weights, &dir)?;
+    let (mut model, _) = Stage1Model::from_run(&dir, device, cfg.train.precision)?;
 
     let folders = if args.data.is_empty() { vec![cfg.shards_dir()] } else { args.data.clone() };
     let rc = &cfg.eval.retrieval;

@@ -1,5 +1,8 @@
-//! Evaluation protocols of the paper: audio-to-MIDI retrieval (Tables 2 and 3).
+//! Evaluation protocols of the paper: audio-to-MIDI retrieval (Tables 2 and 3), and the
+//! pluggable audio-to-MIDI scorer that ranks generated arrangements.
 pub mod retrieval;
+pub mod scorer;
+pub mod style_transfer;
 
 use serde::{Deserialize, Serialize};
 

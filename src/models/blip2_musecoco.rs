@@ -62,11 +62,21 @@ impl Blip2Musecoco {
         params
     }
 
-    /// The soft prompt [B, Q, C] of frozen MusicGen states [B, T, W] (fp32) with keep-mask [B, T].
-    pub fn soft_prompt(&self, audio_states: &Tensor, audio_mask: &Tensor, train: bool) -> Result<Tensor> {
+    /// The Q-Former's outputs Z [B, Q, H] for frozen MusicGen states [B, T, W] (fp32) with
+    /// keep-mask [B, T]: the style representation (several references can be mixed here).
+    pub fn query_output(&self, audio_states: &Tensor, audio_mask: &Tensor, train: bool) -> Result<Tensor> {
         let embeds = self.qformer.audio_embeds(audio_states);
-        let z = self.qformer.query_output(&embeds, audio_mask, train)?.hidden;
-        Ok(self.musecoco_proj.forward(&z))
+        Ok(self.qformer.query_output(&embeds, audio_mask, train)?.hidden)
+    }
+
+    /// Z [B, Q, H] -> the soft prompt [B, Q, C].
+    pub fn project(&self, z: &Tensor) -> Tensor {
+        self.musecoco_proj.forward(z)
+    }
+
+    /// The soft prompt [B, Q, C] of frozen MusicGen states (see [`Self::query_output`]).
+    pub fn soft_prompt(&self, audio_states: &Tensor, audio_mask: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.project(&self.query_output(audio_states, audio_mask, train)?))
     }
 
     /// Mean cross-entropy of the target tokens: `tokens` [B, L] (`</s>` + attributes + `<sep>` +

@@ -210,6 +210,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     bail!("{} is not a checkpoint (no state.json) and holds no `best` or `latest` pointer", path.display())
 }
 
+/// The `model:` section of a run's resolved config, read as the section of `kind` (the
+/// training task: `stage1`, `stage2`, ...); a run of another kind is an error that says so.
+pub fn model_section<T: DeserializeOwned>(dir: &Path, kind: &str) -> Result<T> {
+    let path = dir.join(crate::yaml::RESOLVED_NAME);
+    let value = crate::yaml::read_value(&path, &[])?;
+    let mut model = value.get("model").cloned().with_context(|| format!("{}: no `model` section", path.display()))?;
+    let found = match &mut model {
+        serde_yaml_ng::Value::Mapping(m) => m.remove("kind").and_then(|k| k.as_str().map(str::to_string)),
+        _ => None,
+    };
+    match found.as_deref() {
+        Some(k) if k == kind => crate::yaml::from_value(model).with_context(|| format!("{}: model section", path.display())),
+        Some(other) => bail!("{} is a {other} run, not a {kind} run", dir.display()),
+        None => bail!("{}: the model section has no `kind`", path.display()),
+    }
+}
+
 /// A saved checkpoint folder, read back.
 pub struct Loaded<S> {
     pub dir: PathBuf,

@@ -192,6 +192,18 @@ impl Stage1Model {
         Ok(Self { audio, vs, qformer, objectives: cfg.objectives, precision })
     }
 
+    /// The model of a stage-1 run or checkpoint folder (`best`, else `latest`), weights loaded,
+    /// in eval use; `precision` as the run's config says unless given.
+    pub fn from_run(path: &std::path::Path, device: Device, precision: Precision) -> Result<(Self, std::path::PathBuf)> {
+        let dir = super::checkpoint::resolve(path)?;
+        let cfg: ModelConfig = super::checkpoint::model_section(&dir, "stage1")?;
+        let model = Self::new(&cfg, precision, device, 0)?;
+        let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
+        let mut vs = model.vs;
+        weights.load_into(&mut vs, "", |_| false)?;
+        Ok((Self { vs, ..model }, dir))
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }

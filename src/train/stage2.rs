@@ -167,25 +167,10 @@ impl Stage1Origin {
             return Ok(Self { dir: path.to_path_buf(), weights, qformer, musicgen: None, embedded_musicgen: embedded });
         }
         let dir = checkpoint::resolve(path).with_context(|| format!("model.stage1 = {}", path.display()))?;
-        let model = run_model_section(&dir)?;
-        let stage1: stage1::ModelConfig = crate::yaml::from_value(model).with_context(|| {
-            format!("{}: not a stage-1 run (its model section is not `kind: stage1`)", dir.join(crate::yaml::RESOLVED_NAME).display())
-        })?;
+        let stage1: stage1::ModelConfig = checkpoint::model_section(&dir, "stage1")?;
         let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
         Ok(Self { dir, weights, qformer: stage1.qformer, musicgen: Some(stage1.musicgen), embedded_musicgen: None })
     }
-}
-
-/// The `model:` section of a run's resolved config, without its `kind` (checked to be `stage1`
-/// or `stage2` by the caller's deserialisation).
-fn run_model_section(dir: &Path) -> Result<serde_yaml_ng::Value> {
-    let path = dir.join(crate::yaml::RESOLVED_NAME);
-    let value = crate::yaml::read_value(&path, &[])?;
-    let mut model = value.get("model").cloned().with_context(|| format!("{}: no `model` section", path.display()))?;
-    if let serde_yaml_ng::Value::Mapping(m) = &mut model {
-        m.remove("kind");
-    }
-    Ok(model)
 }
 
 /// The `musicgen` section a converted BOSSA checkpoint's config.json carries, if any.
@@ -247,15 +232,7 @@ impl Stage2Model {
             return Ok((Self::from_bossa(path, device)?, path.to_path_buf()));
         }
         let dir = checkpoint::resolve(path)?;
-        let model = run_model_section(&dir)?;
-        let cfg: ModelConfig = crate::yaml::from_value(model).map_err(|e| {
-            let stage1 = crate::yaml::from_value::<stage1::ModelConfig>(run_model_section(&dir).unwrap_or_default()).is_ok();
-            if stage1 {
-                anyhow::anyhow!("{} is a stage-1 run; `arrange` needs a stage-2 run (train one with `kind: stage2`)", dir.display())
-            } else {
-                e.context(format!("{}: not a stage-2 run", dir.join(crate::yaml::RESOLVED_NAME).display()))
-            }
-        })?;
+        let cfg: ModelConfig = checkpoint::model_section(&dir, "stage2")?;
         let loaded: checkpoint::Loaded<serde_json::Value> = checkpoint::load(&dir)?;
         let mut model = Self::for_arrange(&cfg, &loaded.backbones, device)?;
         let trained = loaded.groups.get("model").with_context(|| format!("{} has no model.safetensors", dir.display()))?;
@@ -301,10 +278,16 @@ impl Stage2Model {
         self.net.device()
     }
 
+    /// Z [B, Q, H] of code windows [B, K, T] with frame keep-masks [B, T].
+    pub fn query_output(&mut self, codes: &Tensor, frame_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let states = self.audio.states(codes)?;
+        self.net.query_output(&states, &step_mask(frame_mask, codes.size()[1]), train)
+    }
+
     /// Soft prompts [B, Q, C] of code windows [B, K, T] with frame keep-masks [B, T].
     pub fn soft_prompt(&mut self, codes: &Tensor, frame_mask: &Tensor, train: bool) -> Result<Tensor> {
-        let states = self.audio.states(codes)?;
-        self.net.soft_prompt(&states, &step_mask(frame_mask, codes.size()[1]), train)
+        let z = self.query_output(codes, frame_mask, train)?;
+        Ok(self.net.project(&z))
     }
 
     /// Check that the prepared data fit: codebooks and pad code.

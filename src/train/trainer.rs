@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::amp::{GradScaler, ScalerConfig};
 use super::checkpoint::{self, Backbone, CheckpointDir, TensorGroups};
@@ -567,11 +567,6 @@ fn tensor_groups<T: Task>(task: &T, optimizer: &AdamW, scaler: &GradScaler) -> T
     groups
 }
 
-/// Copy a checkpoint's weights into `vs` (every variable must be present and shaped alike).
-pub fn load_weights(vs: &VarStore, weights: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
-    crate::models::weights::copy_checked(&vs.variables().into_iter().collect::<Vec<_>>(), weights, origin)
-}
-
 /// Restore `dir` into the task, optimizer and scaler. Every group is checked against what the
 /// model expects before any tensor is copied, so a checkpoint that does not fit changes nothing.
 fn restore<T: Task>(dir: &Path, task: &mut T, optimizer: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainState> {
@@ -593,7 +588,7 @@ fn restore<T: Task>(dir: &Path, task: &mut T, optimizer: &mut AdamW, scaler: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::nn;
+    use tch::{nn, nn::VarStore};
 
     /// Regression y = 3x - 1 on fixed data. No randomness: torch's generator is shared by the
     /// test threads (tests/train_stage1.rs checks the reseeding with dropout, in its own process).
