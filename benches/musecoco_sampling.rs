@@ -7,13 +7,14 @@
 //! 6 layers x 512, 8 heads) or xlarge (the real 24 x 2048 1B model: ~5 GB, slow on a CPU).
 //! MUSECOCO_BENCH_TOKENS sets how many tokens each method generates (default 16).
 use std::time::Instant;
+use stylebridge::data::encodings::remi;
 use stylebridge::models::musecoco::{MuseCoco, MuseCocoConfig, RecurrentState};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 const CONTEXT: i64 = 1000;
 const SOFT_PROMPT: i64 = 32;
-/// BOSSA: 61 attribute tokens carry no position.
-const POS_START: i64 = 61;
+/// BOSSA: `</s>` and 60 attribute tokens carry no position.
+const POS_START: i64 = remi::STAGE2_POS_START;
 
 fn config(name: &str) -> MuseCocoConfig {
     match name {
@@ -22,7 +23,7 @@ fn config(name: &str) -> MuseCocoConfig {
     }
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let size = std::env::var("MUSECOCO_BENCH").unwrap_or_else(|_| "medium".into());
     let generate: i64 = std::env::var("MUSECOCO_BENCH_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
@@ -42,21 +43,21 @@ fn main() {
     );
     tch::no_grad(|| {
         // Warm-up (thread pool, allocator) so the first timed pass does not pay for it.
-        let _ = model.forward_embeds(&soft, None, false);
+        let _ = model.forward_embeds(&soft, None, false)?;
 
         // Recurrent: one parallel prefill, then one O(1) step per token.
         let start = Instant::now();
         let mut state = RecurrentState::new(&cfg, 1, device);
-        let x = Tensor::cat(&[soft.shallow_clone(), model.embed(&prompt_ids, POS_START, false)], 1);
-        let hidden = model.prefill(&x, None, &mut state, false);
-        let mut next = model.logits(&hidden.narrow(1, CONTEXT - 1, 1)).argmax(-1, false);
+        let x = Tensor::cat(&[soft.shallow_clone(), model.embed(&prompt_ids, POS_START, false)?], 1);
+        let hidden = model.prefill(&x, None, &mut state, false)?;
+        let mut next = model.logits(&hidden.narrow(1, CONTEXT - 1, 1))?.argmax(-1, false);
         let prefill_s = start.elapsed().as_secs_f64();
         let mut recurrent_tokens = Vec::new();
         let start = Instant::now();
         for i in 0..generate {
             recurrent_tokens.push(next.int64_value(&[0, 0]));
-            let x = model.embed_next(&next, CONTEXT - SOFT_PROMPT + i, POS_START);
-            next = model.logits(&model.step(&x, &mut state)).argmax(-1, false);
+            let x = model.embed_next(&next, &[CONTEXT - SOFT_PROMPT + i], POS_START)?;
+            next = model.logits(&model.step(&x, &mut state)?)?.argmax(-1, false);
         }
         let recurrent_s = start.elapsed().as_secs_f64();
 
@@ -65,9 +66,9 @@ fn main() {
         let mut recompute_tokens = Vec::new();
         let start = Instant::now();
         for _ in 0..generate {
-            let x = Tensor::cat(&[soft.shallow_clone(), model.embed(&ids, POS_START, false)], 1);
-            let hidden = model.forward_embeds(&x, None, false);
-            let token = model.logits(&hidden.narrow(1, x.size()[1] - 1, 1)).argmax(-1, false);
+            let x = Tensor::cat(&[soft.shallow_clone(), model.embed(&ids, POS_START, false)?], 1);
+            let hidden = model.forward_embeds(&x, None, false)?;
+            let token = model.logits(&hidden.narrow(1, x.size()[1] - 1, 1))?.argmax(-1, false);
             recompute_tokens.push(token.int64_value(&[0, 0]));
             ids = Tensor::cat(&[ids, token], 1);
         }
@@ -82,6 +83,7 @@ fn main() {
             recompute_s / recurrent_s,
             if same { "yes" } else { "NO" }
         );
-        assert!(same, "the two attention forms disagree: {recurrent_tokens:?} vs {recompute_tokens:?}");
-    });
+        anyhow::ensure!(same, "the two attention forms disagree: {recurrent_tokens:?} vs {recompute_tokens:?}");
+        Ok(())
+    })
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod generate;
 pub mod models;
 pub mod progress;
 pub mod train;

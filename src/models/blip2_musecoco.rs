@@ -21,7 +21,7 @@ use super::qformer::{self, torch_linear, QFormer, QFormerConfig};
 use super::weights::Checkpoint;
 
 /// Token positions skip BOSSA's first 61 tokens (`</s>` and the 60 attribute tokens).
-pub const POS_START: i64 = 61;
+pub const POS_START: i64 = crate::data::encodings::remi::STAGE2_POS_START;
 /// Name prefix of MuseCoco's tensors in a stage-2 checkpoint.
 pub const MUSECOCO_PREFIX: &str = "musecoco.";
 const QFORMER_PREFIX: &str = "blip2qformer.";
@@ -87,16 +87,16 @@ impl Blip2Musecoco {
         ensure!(sb == b && c == self.musecoco.config().n_embd, "soft prompt {:?} for {b} token rows of MuseCoco width {}", soft_prompt.size(), self.musecoco.config().n_embd);
         ensure!(is_target.size() == [b, l] && is_real.size() == [b, l], "masks {:?} / {:?}, tokens [{b}, {l}]", is_target.size(), is_real.size());
         ensure!(l > POS_START, "{l} tokens cannot hold the {POS_START} attribute tokens and a piano part");
-        let x = Tensor::cat(&[soft_prompt.to_kind(Kind::Float), self.musecoco.embed(tokens, POS_START, train)], 1);
+        let x = Tensor::cat(&[soft_prompt.to_kind(Kind::Float), self.musecoco.embed(tokens, POS_START, train)?], 1);
         let pad = Tensor::cat(&[Tensor::zeros([b, q], (Kind::Bool, tokens.device())), is_real.eq(0)], 1);
-        let hidden = self.musecoco.forward_embeds(&x, Some(&pad), train);
+        let hidden = self.musecoco.forward_embeds(&x, Some(&pad), train)?;
         // The hidden state at position p predicts the token at p + 1: token j of the sequence is
         // predicted at position Q + j - 1 (the last soft-prompt vector predicts token 0).
         let predicting = hidden.narrow(1, q - 1, l);
         let keep = is_target.gt(0);
         ensure!(keep.any().int64_value(&[]) == 1, "the batch has no target token");
         let h = predicting.masked_select(&keep.unsqueeze(-1)).view([-1, c]);
-        let logits = self.musecoco.logits(&h).to_kind(Kind::Float);
+        let logits = self.musecoco.logits(&h)?.to_kind(Kind::Float);
         Ok(logits.cross_entropy_for_logits(&tokens.masked_select(&keep)))
     }
 

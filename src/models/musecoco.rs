@@ -17,7 +17,7 @@
 //! Both follow the reference: out_i = (phi(q_i) . sum_{j<=i} phi(k_j) v_j^T) / (phi(q_i) .
 //! sum_{j<=i} phi(k_j) + eps), keys of padded positions zeroed, the products in fp32 (the
 //! reference's `causal_linear` upcasts; BOSSA notes fp16 overflows here).
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -151,11 +151,14 @@ impl FrozenLayerNorm {
 }
 
 /// Per-layer recurrent attention state for sampling: S [B, H, D, D] and z [B, H, D], in fp32.
+/// Rows are independent sequences, so states of different prompts (even of different lengths)
+/// can be combined into one batch ([`Self::cat`]) and rows dropped when they finish
+/// ([`Self::select`]).
 #[derive(Debug)]
 pub struct RecurrentState {
     layers: Vec<(Tensor, Tensor)>,
-    /// Positions consumed so far (soft prompt included).
-    pub len: i64,
+    /// Positions consumed so far by each row (soft prompt included).
+    lens: Vec<i64>,
 }
 
 impl RecurrentState {
@@ -169,7 +172,46 @@ impl RecurrentState {
                 )
             })
             .collect();
-        Self { layers, len: 0 }
+        Self { layers, lens: vec![0; batch.max(0) as usize] }
+    }
+
+    /// Rows in the batch.
+    pub fn batch(&self) -> i64 {
+        self.lens.len() as i64
+    }
+
+    /// Positions each row has consumed (soft prompt included).
+    pub fn lens(&self) -> &[i64] {
+        &self.lens
+    }
+
+    /// The rows `rows` (in that order; a row may repeat) as a new state.
+    pub fn select(&self, rows: &[i64]) -> Result<Self> {
+        let batch = self.batch();
+        if let Some(bad) = rows.iter().find(|&&r| !(0..batch).contains(&r)) {
+            bail!("cannot select row {bad} of a recurrent state of {batch} rows");
+        }
+        let device = self.layers.first().map_or(tch::Device::Cpu, |(s, _)| s.device());
+        let index = Tensor::from_slice(rows).to_device(device);
+        let layers = self.layers.iter().map(|(s, z)| (s.index_select(0, &index), z.index_select(0, &index))).collect();
+        Ok(Self { layers, lens: rows.iter().map(|&r| self.lens[r as usize]).collect() })
+    }
+
+    /// The rows of all `states` in order, as one batch (states of one model).
+    pub fn cat(states: &[RecurrentState]) -> Result<Self> {
+        let first = states.first().context("cannot combine an empty list of recurrent states")?;
+        let shape = |st: &RecurrentState| st.layers.iter().map(|(s, _)| s.size()[1..].to_vec()).collect::<Vec<_>>();
+        for (i, st) in states.iter().enumerate() {
+            ensure!(shape(st) == shape(first), "recurrent state {i} has per-layer shapes {:?}, state 0 {:?}: not one model", shape(st), shape(first));
+        }
+        let layers = (0..first.layers.len())
+            .map(|l| {
+                let s: Vec<&Tensor> = states.iter().map(|st| &st.layers[l].0).collect();
+                let z: Vec<&Tensor> = states.iter().map(|st| &st.layers[l].1).collect();
+                (Tensor::cat(&s, 0), Tensor::cat(&z, 0))
+            })
+            .collect();
+        Ok(Self { layers, lens: states.iter().flat_map(|st| st.lens.iter().copied()).collect() })
     }
 }
 
@@ -333,13 +375,25 @@ impl MuseCoco {
         &self.cfg
     }
 
+    /// Where the weights live.
+    pub fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
+    }
+
+    /// Kind of the weights (and of the hidden states).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
     /// Token embeddings as the reference's `encode_input_ids(ids, pos_start)`:
     /// sqrt(d) * embedding, plus fairseq sinusoidal positions (pads take the zero row), shifted
     /// so that the first `pos_start` tokens (BOSSA: 61 attribute tokens) carry none and token
     /// `pos_start + j` carries the position of token j. ids [B, T] -> [B, T, C].
-    pub fn embed(&self, ids: &Tensor, pos_start: i64, train: bool) -> Tensor {
+    pub fn embed(&self, ids: &Tensor, pos_start: i64, train: bool) -> Result<Tensor> {
+        ensure!(ids.dim() == 2, "token ids are {:?}, expected [batch, tokens]", ids.size());
+        ensure!(pos_start >= 0, "pos_start is {pos_start}; it must not be negative");
         let t = ids.size()[1];
-        let mut x = self.scaled_embedding(ids);
+        let mut x = self.scaled_embedding(ids)?;
         if t > pos_start {
             let keep = ids.ne(PADDING_IDX).to_kind(Kind::Int64);
             let positions = keep.cumsum(1, Kind::Int64) * &keep + PADDING_IDX;
@@ -347,23 +401,39 @@ impl MuseCoco {
             let pos = self.sinusoids(&shifted).to_kind(x.kind());
             x = Tensor::cat(&[x.narrow(1, 0, pos_start), x.narrow(1, pos_start, t - pos_start) + pos], 1);
         }
-        x.dropout(self.cfg.dropout, train)
+        Ok(x.dropout(self.cfg.dropout, train))
     }
 
-    /// Embedding of one token per row at absolute token index `index` of a sequence with no
-    /// padding before it: the row `index` of [`Self::embed`] on the whole sequence. ids [B, 1].
-    pub fn embed_next(&self, ids: &Tensor, index: i64, pos_start: i64) -> Tensor {
-        let x = self.scaled_embedding(ids);
-        if index < pos_start {
-            return x;
+    /// Embedding of one token per row, row b at absolute token index `index[b]` of its own
+    /// sequence (no padding before it): the row `index[b]` of [`Self::embed`] on that sequence.
+    /// Rows of different lengths can so step together. ids [B, 1].
+    pub fn embed_next(&self, ids: &Tensor, index: &[i64], pos_start: i64) -> Result<Tensor> {
+        ensure!(
+            ids.dim() == 2 && ids.size()[1] == 1 && ids.size()[0] == index.len() as i64,
+            "next token ids are {:?} with {} token indices, expected [{}, 1]",
+            ids.size(),
+            index.len(),
+            index.len()
+        );
+        if let Some(bad) = index.iter().find(|&&i| i < 0) {
+            bail!("token index {bad} is negative");
         }
-        let position = Tensor::full([1, 1], PADDING_IDX + 1 + index - pos_start, (Kind::Int64, ids.device()));
-        &x + self.sinusoids(&position).to_kind(x.kind())
+        let x = self.scaled_embedding(ids)?;
+        // Tokens before `pos_start` take the padding position, whose sinusoid row is zero.
+        let positions: Vec<i64> = index.iter().map(|&i| if i < pos_start { PADDING_IDX } else { PADDING_IDX + 1 + i - pos_start }).collect();
+        let positions = Tensor::from_slice(&positions).view([-1, 1]).to_device(ids.device());
+        Ok(&x + self.sinusoids(&positions).to_kind(x.kind()))
     }
 
-    fn scaled_embedding(&self, ids: &Tensor) -> Tensor {
+    fn scaled_embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        ensure!(matches!(ids.kind(), Kind::Int64 | Kind::Int), "token ids are {:?}, expected integers", ids.kind());
+        let vocab = self.cfg.vocab_size;
+        if ids.numel() > 0 {
+            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            ensure!(lo >= 0 && hi < vocab, "token ids span {lo}..={hi}, outside the vocabulary of {vocab}");
+        }
         let scale = if self.cfg.scale_emb { (self.cfg.n_embd as f64).sqrt() } else { 1.0 };
-        Tensor::embedding(&self.embed_tokens, ids, PADDING_IDX, false, false) * scale
+        Ok(Tensor::embedding(&self.embed_tokens, ids, PADDING_IDX, false, false) * scale)
     }
 
     /// fairseq `SinusoidalPositionalEmbedding.get_embedding` rows for `positions` (fp32, sin
@@ -385,14 +455,21 @@ impl MuseCoco {
     /// Parallel form over embeddings x [B, T, C] (soft prompt and/or [`Self::embed`] output).
     /// `pad_mask` [B, T] is true at padded positions (their keys are dropped), as BOSSA's
     /// `attention_mask`. Returns hidden states after the final layer norm, [B, T, C].
-    pub fn forward_embeds(&self, x: &Tensor, pad_mask: Option<&Tensor>, train: bool) -> Tensor {
+    pub fn forward_embeds(&self, x: &Tensor, pad_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.check_embeds(x, None)?;
         let mut state = RecurrentState::new(&self.cfg, x.size()[0], x.device());
         self.prefill(x, pad_mask, &mut state, train)
     }
 
     /// Parallel form continuing from `state` and leaving it ready for [`Self::step`]: prompt
     /// prefill for sampling. Same contract as [`Self::forward_embeds`] otherwise.
-    pub fn prefill(&self, x: &Tensor, pad_mask: Option<&Tensor>, state: &mut RecurrentState, train: bool) -> Tensor {
+    pub fn prefill(&self, x: &Tensor, pad_mask: Option<&Tensor>, state: &mut RecurrentState, train: bool) -> Result<Tensor> {
+        self.check_embeds(x, None)?;
+        self.check_state(x, state)?;
+        if let Some(m) = pad_mask {
+            let want = [x.size()[0], x.size()[1]];
+            ensure!(m.size() == want, "padding mask is {:?}, expected {want:?} (batch, positions)", m.size());
+        }
         let keep = pad_mask.map(|m| m.logical_not());
         let mut x = x.shallow_clone();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
@@ -400,24 +477,58 @@ impl MuseCoco {
                 layer.self_attn.forward_parallel(h, keep.as_ref(), layer_state)
             });
         }
-        state.len += x.size()[1];
-        self.layer_norm.forward(&x)
+        let t = x.size()[1];
+        state.lens.iter_mut().for_each(|len| *len += t);
+        Ok(self.layer_norm.forward(&x))
     }
 
     /// Recurrent form: one position x [B, 1, C] given the state of everything before it.
     /// O(1) in the context length. Returns the hidden state [B, 1, C].
-    pub fn step(&self, x: &Tensor, state: &mut RecurrentState) -> Tensor {
+    pub fn step(&self, x: &Tensor, state: &mut RecurrentState) -> Result<Tensor> {
+        self.check_embeds(x, Some(1))?;
+        self.check_state(x, state)?;
         let mut x = x.shallow_clone();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
             x = layer.forward(&x, 0.0, false, |h| layer.self_attn.forward_step(h, layer_state));
         }
-        state.len += 1;
-        self.layer_norm.forward(&x)
+        state.lens.iter_mut().for_each(|len| *len += 1);
+        Ok(self.layer_norm.forward(&x))
     }
 
     /// LM head: hidden [.., C] -> logits [.., vocab].
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.lm_head.forward(hidden)
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let c = self.cfg.n_embd;
+        ensure!(hidden.dim() >= 1 && hidden.size().last() == Some(&c), "hidden states are {:?}, expected [.., {c}]", hidden.size());
+        Ok(self.lm_head.forward(hidden))
+    }
+
+    /// Shape errors as messages rather than libtorch aborts: embeddings are [batch, positions
+    /// (`positions` if given), n_embd] of floats.
+    fn check_embeds(&self, x: &Tensor, positions: Option<i64>) -> Result<()> {
+        let c = self.cfg.n_embd;
+        let size = x.size();
+        let t = positions.map_or_else(|| "positions".to_string(), |t| t.to_string());
+        ensure!(
+            size.len() == 3 && size[2] == c && positions.is_none_or(|t| size[1] == t) && x.is_floating_point(),
+            "embeddings are {size:?} of {:?}, expected [batch, {t}, {c}] of floats",
+            x.kind()
+        );
+        Ok(())
+    }
+
+    fn check_state(&self, x: &Tensor, state: &RecurrentState) -> Result<()> {
+        let b = x.size()[0];
+        ensure!(state.batch() == b, "the recurrent state holds {} rows, the input {b}", state.batch());
+        let (h, d) = (self.cfg.n_head, self.cfg.head_dim());
+        let fits = state.layers.len() == self.layers.len() && state.layers.iter().all(|(s, _)| s.size()[1..] == [h, d, d]);
+        ensure!(
+            fits,
+            "the recurrent state has {} layers of {:?}, the model {} layers of [{h}, {d}, {d}] (heads, head width, head width)",
+            state.layers.len(),
+            state.layers.first().map(|(s, _)| s.size()[1..].to_vec()),
+            self.layers.len()
+        );
+        Ok(())
     }
 
     /// Load into a store holding this model at its root; the checkpoint's names are `prefix` + the
@@ -488,18 +599,78 @@ mod tests {
         let model = MuseCoco::new(vs.root(), &tiny());
         let t = CHUNK + 7;
         let x = Tensor::randn([2, t, 12], (Kind::Float, Device::Cpu));
-        let parallel = model.forward_embeds(&x, None, false);
+        let parallel = model.forward_embeds(&x, None, false).unwrap();
         let mut state = RecurrentState::new(model.config(), 2, Device::Cpu);
         let split = 5;
-        let prefix = model.prefill(&x.narrow(1, 0, split), None, &mut state, false);
+        let prefix = model.prefill(&x.narrow(1, 0, split), None, &mut state, false).unwrap();
         let mut rows = vec![prefix];
         for i in split..t {
-            rows.push(model.step(&x.narrow(1, i, 1), &mut state));
+            rows.push(model.step(&x.narrow(1, i, 1), &mut state).unwrap());
         }
         let recurrent = Tensor::cat(&rows, 1);
         let diff = (&parallel - &recurrent).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "max diff {diff}");
-        assert_eq!(state.len, t);
+        assert_eq!(state.lens(), [t, t]);
+    }
+
+    #[test]
+    fn states_of_different_lengths_combine_and_step_together() {
+        // Two prompts of 3 and 6 positions prefilled alone, combined, then stepped as one batch:
+        // each row must match its own parallel pass over its whole sequence.
+        tch::manual_seed(2);
+        let vs = VarStore::new(Device::Cpu);
+        let model = MuseCoco::new(vs.root(), &tiny());
+        let (short, long) = (Tensor::randn([1, 5, 12], (Kind::Float, Device::Cpu)), Tensor::randn([1, 8, 12], (Kind::Float, Device::Cpu)));
+        let mut states = Vec::new();
+        for (x, len) in [(&short, 3), (&long, 6)] {
+            let mut state = RecurrentState::new(model.config(), 1, Device::Cpu);
+            let _ = model.prefill(&x.narrow(1, 0, len), None, &mut state, false).unwrap();
+            states.push(state);
+        }
+        let mut batch = RecurrentState::cat(&states).unwrap();
+        assert_eq!(batch.lens(), [3, 6]);
+        let mut out = Vec::new();
+        for i in 0..2 {
+            let x = Tensor::cat(&[short.narrow(1, 3 + i, 1), long.narrow(1, 6 + i, 1)], 0);
+            out.push(model.step(&x, &mut batch).unwrap());
+        }
+        for (row, (x, len)) in [(&short, 3), (&long, 6)].into_iter().enumerate() {
+            let full = model.forward_embeds(&x.narrow(1, 0, len + 2), None, false).unwrap();
+            for (i, o) in out.iter().enumerate() {
+                let diff = (full.narrow(1, len + i as i64, 1) - o.narrow(0, row as i64, 1)).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "row {row} step {i}: {diff}");
+            }
+        }
+        // Selecting rows keeps them (and may repeat one); a bad row is an error.
+        let picked = batch.select(&[1, 1, 0]).unwrap();
+        assert_eq!(picked.lens(), [8, 8, 5]);
+        assert!(picked.layers[0].0.get(0).equal(&batch.layers[0].0.get(1)));
+        let err = batch.select(&[2]).unwrap_err().to_string();
+        assert!(err.contains("row 2") && err.contains("2 rows"), "{err}");
+        assert!(RecurrentState::cat(&[]).is_err());
+    }
+
+    #[test]
+    fn shape_errors_are_messages() {
+        let vs = VarStore::new(Device::Cpu);
+        let model = MuseCoco::new(vs.root(), &tiny());
+        let msg = |r: Result<Tensor>| r.unwrap_err().to_string();
+        let ids = Tensor::from_slice(&[2i64, 5]).view([1, 2]);
+        assert!(msg(model.embed(&ids.view([2]), 0, false)).contains("[batch, tokens]"));
+        assert!(msg(model.embed(&(ids.shallow_clone() + 100), 0, false)).contains("outside the vocabulary of 20"));
+        assert!(msg(model.embed(&ids.to_kind(Kind::Float), 0, false)).contains("integers"));
+        assert!(msg(model.embed_next(&ids, &[0], 0)).contains("expected [1, 1]"));
+        let x = Tensor::zeros([2, 3, 12], (Kind::Float, Device::Cpu));
+        assert!(msg(model.forward_embeds(&x.narrow(2, 0, 5), None, false)).contains("expected [batch, positions, 12]"));
+        let mask = Tensor::zeros([2, 4], (Kind::Bool, Device::Cpu));
+        assert!(msg(model.forward_embeds(&x, Some(&mask), false)).contains("padding mask is [2, 4], expected [2, 3]"));
+        let mut one = RecurrentState::new(model.config(), 1, Device::Cpu);
+        assert!(msg(model.prefill(&x, None, &mut one, false)).contains("holds 1 rows, the input 2"));
+        assert!(msg(model.step(&x, &mut one)).contains("expected [batch, 1, 12]"));
+        let other = MuseCocoConfig { n_head: 3, ..tiny() };
+        let mut foreign = RecurrentState::new(&other, 2, Device::Cpu);
+        assert!(msg(model.step(&x.narrow(1, 0, 1), &mut foreign)).contains("layers of [2, 6, 6]"));
+        assert!(msg(model.logits(&x.narrow(2, 0, 5))).contains("expected [.., 12]"));
     }
 
     #[test]
@@ -508,11 +679,17 @@ mod tests {
         let model = MuseCoco::new(vs.root(), &tiny());
         let ids = Tensor::from_slice(&[2i64, 5, 6, 7, 8, 9, 10]).view([1, 7]);
         for pos_start in [0, 3] {
-            let full = model.embed(&ids, pos_start, false);
+            let full = model.embed(&ids, pos_start, false).unwrap();
             for i in 0..7 {
-                let one = model.embed_next(&ids.narrow(1, i, 1), i, pos_start);
+                let one = model.embed_next(&ids.narrow(1, i, 1), &[i], pos_start).unwrap();
                 let diff = (full.narrow(1, i, 1) - one).abs().max().double_value(&[]);
                 assert!(diff < 1e-6, "pos_start {pos_start} index {i}: {diff}");
+            }
+            // Several rows, each at its own index.
+            let rows = model.embed_next(&Tensor::from_slice(&[5i64, 9]).view([2, 1]), &[1, 5], pos_start).unwrap();
+            for (row, i) in [(0, 1), (1, 5)] {
+                let diff = (full.narrow(1, i, 1) - rows.narrow(0, row, 1)).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "pos_start {pos_start} row {row}: {diff}");
             }
         }
     }

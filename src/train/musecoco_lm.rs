@@ -22,7 +22,7 @@ use crate::models::musecoco::{MuseCoco, MuseCocoConfig};
 use crate::yaml::{Problems, Validate};
 
 /// Tokens before the lead sheet: `</s>`, 60 attribute tokens, `<sep>`.
-const PREFIX_TOKENS: i64 = 62;
+const PREFIX_TOKENS: i64 = remi::STAGE2_POS_START + 1;
 
 /// The `model:` config section of the stand-in pretraining (`kind: musecoco_lm`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -64,14 +64,14 @@ impl MusecocoLmTask {
     fn loss_of(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let x = Inputs::from_batch(batch, self.vs.device())?;
         let (b, l) = x.tokens.size2()?;
-        let hidden = self.model.forward_embeds(&self.model.embed(&x.tokens, POS_START, train), Some(&x.is_real.eq(0)), train);
+        let hidden = self.model.forward_embeds(&self.model.embed(&x.tokens, POS_START, train)?, Some(&x.is_real.eq(0)), train)?;
         // Position j predicts token j + 1; targets are the real tokens after the prefix.
         let index = Tensor::arange(l - 1, (Kind::Int64, x.tokens.device())).unsqueeze(0).expand([b, l - 1], false) + 1;
         let keep = x.is_real.narrow(1, 1, l - 1).gt(0).logical_and(&index.ge(PREFIX_TOKENS));
         let c = self.model.config().n_embd;
         let h = hidden.narrow(1, 0, l - 1).masked_select(&keep.unsqueeze(-1)).view([-1, c]);
         let targets = x.tokens.narrow(1, 1, l - 1).masked_select(&keep);
-        Ok(self.model.logits(&h).to_kind(Kind::Float).cross_entropy_for_logits(&targets))
+        Ok(self.model.logits(&h)?.to_kind(Kind::Float).cross_entropy_for_logits(&targets))
     }
 
     /// Write the model in the HF port's format: `config.json` (the 1B config's fields, with

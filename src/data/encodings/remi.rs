@@ -37,13 +37,15 @@ const FAMILIES: [(&str, u32, u32); 10] = [
     // `<sep>` sits alone at 984; the attribute tokens follow.
     ("<sep>", SEP, 1),
 ];
-const POSITION: u32 = FAMILIES[1].1;
-const PROGRAM: u32 = FAMILIES[2].1;
-const PITCH: u32 = FAMILIES[3].1;
-const DURATION: u32 = FAMILIES[4].1;
-const VELOCITY: u32 = FAMILIES[5].1;
-const TIME_SIGNATURE: u32 = FAMILIES[6].1;
-const TEMPO: u32 = FAMILIES[7].1;
+/// First id of each value family: `o-0`, `i-0`, `p-0`, `d-0`, `v-0`, `s-0`, `t-0` (value v is
+/// the first id + v).
+pub const POSITION: u32 = FAMILIES[1].1;
+pub const PROGRAM: u32 = FAMILIES[2].1;
+pub const PITCH: u32 = FAMILIES[3].1;
+pub const DURATION: u32 = FAMILIES[4].1;
+pub const VELOCITY: u32 = FAMILIES[5].1;
+pub const TIME_SIGNATURE: u32 = FAMILIES[6].1;
+pub const TEMPO: u32 = FAMILIES[7].1;
 
 /// MuseCoco's attribute tokens after `<sep>`: (name, number of sub-attributes (0 = none),
 /// number of values).
@@ -109,6 +111,16 @@ pub fn attribute_prefix() -> Vec<u32> {
     names.extend((0..22).map(|i| format!("S4_{i}_2")));
     names.push("<sep>".into());
     names.iter().map(|n| token_id(n)).collect()
+}
+
+/// Index of the first stage-2 token that carries a position: `</s>` and the 60 attribute tokens
+/// carry none (BOSSA `encode_input_ids(token, pos_start=61)`), so `<sep>` takes the first one.
+pub const STAGE2_POS_START: i64 = 61;
+
+/// The 62 ids every stage-2 sequence starts with, in training and in generation: `</s>`, the
+/// attribute prefix ([`attribute_prefix`]) and `<sep>`. The lead sheet follows.
+pub fn stage2_prefix() -> Vec<u32> {
+    std::iter::once(EOS).chain(attribute_prefix()).collect()
 }
 
 /// Token ids of a score (`MIDI_to_encoding`, `note2token`, tokenizer, `[:-1]`).
@@ -248,6 +260,11 @@ mod tests {
         assert_eq!(prefix[10], token_id("I1s2_0_0"));
         assert_eq!(prefix[11], token_id("I1s2_1_2"));
         assert_eq!(*prefix.last().unwrap(), SEP);
+        let stage2 = stage2_prefix();
+        assert_eq!((stage2.len(), stage2[0]), (62, EOS));
+        assert_eq!(stage2[1..], prefix[..]);
+        // Positions start at `<sep>`, the last token of the prefix.
+        assert_eq!(STAGE2_POS_START as usize, stage2.len() - 1);
     }
 
     fn note(bar: u32, position: u32, program: u32, pitch: u32) -> Octuple {
