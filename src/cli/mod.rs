@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod arrange;
 mod audio;
 mod config;
 mod convert;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Arrange a lead sheet for piano in the style of a reference audio (a stage-2 run).
+    Arrange(arrange::Args),
     /// EnCodec codes and MusicGen stage-1 features of an audio file (HF checkpoint folders).
     Audio(audio::Args),
     /// Print an experiment's resolved configuration (YAML + `--set` overrides).
@@ -50,7 +53,7 @@ enum Command {
     Inspect(inspect::Args),
     /// Print a MIDI file as OctupleMIDI or MuseCoco REMI token ids, or decode ids back to MIDI.
     Tokens(tokens::Args),
-    /// Stage-1 training (frozen MusicGen -> Q-Former; contrastive, matching, generation).
+    /// Training: stage 1 (Q-Former on frozen MusicGen), stage 2 (MuseCoco + LoRA), or the demo's MuseCoco LM (`model.kind`).
     Train(train::Args),
     /// Evaluation protocols of the paper (retrieval: Tables 2 and 3).
     Eval(eval::Args),
@@ -59,6 +62,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Arrange(args) => arrange::run(args),
         Command::Audio(args) => audio::run(args),
         Command::Config(args) => config::run(args),
         Command::Convert(args) => convert::run(args),

@@ -12,6 +12,7 @@
 //! - [`sampling`]: temperature, top-k, top-p and reproducible keyed draws;
 //! - [`arrange`](mod@arrange): the window loop over a batch of samples.
 pub mod arrange;
+pub mod arranger;
 pub mod grammar;
 pub mod passage;
 pub mod sampling;

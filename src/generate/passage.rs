@@ -131,16 +131,15 @@ impl Passage {
         (self.bars[bars.start].start_seconds, self.bars[bars.end - 1].end_seconds)
     }
 
+    /// The lead-sheet notes of `bars`, bars counted from `bars.start`, in training order.
+    pub fn lead_notes(&self, bars: Range<usize>) -> Vec<Octuple> {
+        self.lead.iter().filter(|n| bars.contains(&(n.bar as usize))).map(|n| Octuple { bar: n.bar - bars.start as u32, ..*n }).collect()
+    }
+
     /// The lead sheet of `bars` as stage 2 reads it: REMI with tempo and velocity redacted
     /// (`<unk>`), bars counted from `bars.start`, empty bars left out as the encoder leaves them.
     pub fn lead_tokens(&self, bars: Range<usize>) -> Vec<u32> {
-        let notes: Vec<Octuple> = self
-            .lead
-            .iter()
-            .filter(|n| bars.contains(&(n.bar as usize)))
-            .map(|n| Octuple { bar: n.bar - bars.start as u32, ..*n })
-            .collect();
-        remi::tokens(&notes, true)
+        remi::tokens(&self.lead_notes(bars), true)
     }
 
     /// The piano part back as a score: `bar_tokens` holds the REMI tokens of every bar of the

@@ -227,6 +227,15 @@ pub fn model_section<T: DeserializeOwned>(dir: &Path, kind: &str) -> Result<T> {
     }
 }
 
+/// Section `key` of a run's resolved config (e.g. `data`), read as `T`.
+pub fn config_section<T: DeserializeOwned>(dir: &Path, key: &str) -> Result<T> {
+    let path = dir.join(crate::yaml::RESOLVED_NAME);
+    let value = crate::yaml::read_value(&path, &[])?;
+    let section = value.get(key).cloned().unwrap_or(serde_yaml_ng::Value::Null);
+    let section = if section.is_null() { serde_yaml_ng::Value::Mapping(Default::default()) } else { section };
+    crate::yaml::from_value(section).with_context(|| format!("{}: section `{key}`", path.display()))
+}
+
 /// A saved checkpoint folder, read back.
 pub struct Loaded<S> {
     pub dir: PathBuf,
