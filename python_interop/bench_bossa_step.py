@@ -1,135 +1,26 @@
 """One stage-1 training step of BOSSA's reference `Blip2Qformer` on CPU, at the demo's tiny config:
 the PyTorch side of `benches/stage1_step.rs` (its CMG line is the Rust side of the ratio).
 
-BOSSA's code is imported at run time from a checkout given by --bossa-repo (nothing of it is copied
-here). Export one outside this repository, e.g.
+BOSSA's code is imported at run time from a checkout given by --bossa-repo, in the scratch venv
+that python_interop/bossa_reference.py describes (nothing of BOSSA is copied here):
 
-    mkdir -p /tmp/bossa_ref && git -C <bare mirror of zhaojw1998/bossa-piano-cover-arrangement> \
-        archive HEAD -- . ':(exclude)musecoco/hf_musecoco/midi_utils/midiprocessor/legacy_tools/tools/midi_model' \
-        | tar -x -C /tmp/bossa_ref
-
-(the excluded folder holds binary models that stage 1 does not use).
-
-Environment. BOSSA pins transformers==4.48.0; its model_Qformer.py imports helpers that
-transformers 5 no longer has (`transformers.modeling_utils.apply_chunking_to_forward`, ...), so
-this runs in a scratch venv, not the project's, with the project's torch:
-
-    python3.11 -m venv /tmp/bossa_venv
-    /tmp/bossa_venv/bin/pip install transformers==4.48.0   # brings tokenizers 0.21, huggingface_hub 0.x
-    echo ~/.cache/stylebridge/venv/lib/python3.11/site-packages \
-        > /tmp/bossa_venv/lib/python3.11/site-packages/stylebridge_venv.pth   # torch 2.13.0 (after, so
-                                                                              # transformers 4.48 wins)
     /tmp/bossa_venv/bin/python python_interop/bench_bossa_step.py --bossa-repo /tmp/bossa_ref --threads 2
 
-Nothing is downloaded: every hub name BOSSA loads is replaced by a config built here (see
-`patch_hub_loads`). What differs from BOSSA's own construction, and why:
-- MusicGen: `init_audio_encoder` loads "facebook/musicgen-large"; it gets a random MusicGen whose
-  decoder is the demo's (width 64, 2 layers, 4 heads, ffn 128, 4 codebooks x 2048) with a tiny T5
-  and EnCodec beside it (BOSSA only uses `get_unconditional_inputs` and `enc_to_dec_proj` of them).
-  BOSSA's own rule keeps 2 // 2 + 1 = 2 decoder layers, as the Rust side does.
-- Q-Former: `init_Qformer` reads "bert-base-uncased"; it gets a BertConfig of the demo's shape
-  (hidden 64, 4 layers, 4 heads, intermediate 128; other fields are bert-base's, which are
-  BertConfig's defaults). `load_pretrained=False` (no MusicBERT). BOSSA then fixes 8194 positions;
+Shapes: the demo's (experiments/demo.yaml). Beside what bossa_reference.py replaces for every
+entry point:
+- MusicGen decoder width 64, 2 layers, 4 heads, ffn 128; BOSSA's rule keeps 2 // 2 + 1 = 2 layers,
+  as the Rust side does.
+- Q-Former hidden 64, 4 layers, 4 heads, intermediate 128, 8 queries. BOSSA fixes 8194 positions;
   the demo has 256, so the position table is rebuilt with 256 rows (same init) after construction.
-- Stage-2-only modules that model_blip2.py imports (utils.inference: torchaudio, scipy;
-  musecoco's modeling: pytorch-fast-transformers) are replaced by empty stand-ins.
+- MuseCoco and utils.inference (stage 2 only) are replaced by empty stand-ins.
 - torch.distributed must be initialised (BOSSA calls `dist.get_rank()`): a 1-process gloo group.
 """
 import argparse
-import os
-import resource
 import statistics
-import sys
 import tempfile
 import time
-import types
 
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def stub_stage2_imports():
-    """model_blip2.py imports `nucleus_filter` and `MuseCocoLMHeadModel` for stage 2 only; their
-    modules pull in torchaudio, scipy and a compiled CUDA extension, so give them empty stand-ins."""
-
-    def unavailable(name):
-        def fail(*args, **kwargs):
-            raise RuntimeError(f"{name} is stage-2 only and was not imported by this benchmark")
-
-        return fail
-
-    inference = types.ModuleType("utils.inference")
-    inference.nucleus_filter = unavailable("utils.inference.nucleus_filter")
-    sys.modules["utils.inference"] = inference
-    for name in ["musecoco", "musecoco.hf_musecoco"]:
-        sys.modules[name] = types.ModuleType(name)
-    modeling = types.ModuleType("musecoco.hf_musecoco.modeling_musecoco")
-    modeling.MuseCocoLMHeadModel = unavailable("MuseCocoLMHeadModel")
-    sys.modules["musecoco.hf_musecoco.modeling_musecoco"] = modeling
-
-
-def tiny_musicgen_config():
-    """The demo's frozen MusicGen (experiments/demo.yaml `model.musicgen.tiny`) plus the smallest
-    T5 and EnCodec the composite config needs. T5's width (32) differs from the decoder's (64) so
-    that `enc_to_dec_proj` exists, as in musicgen-large (768 -> 2048)."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
-
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        ffn_dim=128,
-        num_codebooks=4,
-        pad_token_id=2048,
-        bos_token_id=2048,
-    )
-    text = T5Config(vocab_size=32, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)
-    audio = EncodecConfig(
-        num_filters=4, hidden_size=16, codebook_size=2048, codebook_dim=16, upsampling_ratios=[4, 4], num_lstm_layers=1
-    )
-    return MusicgenConfig.from_sub_models_config(text, audio, decoder)
-
-
-def tiny_bert_config():
-    from transformers import BertConfig
-
-    return BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
-
-
-def patch_hub_loads(model_blip2):
-    """Replace the three hub loads of `Blip2Qformer.__init__` (fixed names, not arguments) with the
-    configs above and a randomly initialised MusicGen. Only names inside model_blip2 are rebound."""
-    from transformers import MusicgenForConditionalGeneration
-
-    def musicgen_config(name):
-        assert name == "facebook/musicgen-large", name
-        return tiny_musicgen_config()
-
-    def random_musicgen(name, config):
-        return MusicgenForConditionalGeneration(config=config)
-
-    def bert_config(name):
-        assert name == "bert-base-uncased", name
-        return tiny_bert_config()
-
-    model_blip2.MusicgenConfig = types.SimpleNamespace(from_pretrained=musicgen_config)
-    model_blip2.MusicgenForConditionalGeneration = types.SimpleNamespace(from_pretrained=random_musicgen)
-    model_blip2.BertConfig = types.SimpleNamespace(from_pretrained=bert_config)
-
-
-def set_positions(model, positions):
-    """BOSSA hard-codes MusicBERT's 8194 positions; rebuild the table at the demo's size."""
-    import torch
-    from torch import nn
-
-    embeddings = model.Qformer.bert.embeddings
-    table = nn.Embedding(positions, model.Qformer.config.hidden_size)
-    table.weight.data.normal_(mean=0.0, std=model.Qformer.config.initializer_range)  # BERT `_init_weights`
-    embeddings.position_embeddings = table
-    embeddings.register_buffer("position_ids", torch.arange(positions).expand((1, -1)))
-    model.Qformer.config.max_position_embeddings = positions
+from bossa_reference import bert_config, count, import_model_blip2, musicgen_config, patch_hub_loads, peak_rss_mib, set_positions
 
 
 def demo_batch(batch, max_notes, frames, codebook, generator):
@@ -162,10 +53,6 @@ def demo_batch(batch, max_notes, frames, codebook, generator):
     )
 
 
-def count(params):
-    return sum(p.numel() for p in params)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bossa-repo", required=True, help="checkout of zhaojw1998/bossa-piano-cover-arrangement")
@@ -176,8 +63,6 @@ def main():
     parser.add_argument("--frames", type=int, default=508)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not os.path.isfile(os.path.join(args.bossa_repo, "model_blip2.py")):
-        sys.exit(f"--bossa-repo {args.bossa_repo}: no model_blip2.py there; give a BOSSA checkout")
 
     import torch
     import torch.distributed as dist
@@ -188,11 +73,8 @@ def main():
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     rss_after_torch = peak_rss_mib()
-    sys.path.insert(0, os.path.abspath(args.bossa_repo))
-    stub_stage2_imports()
-    import model_blip2
-
-    patch_hub_loads(model_blip2)
+    model_blip2 = import_model_blip2(args.bossa_repo, stage=1)
+    patch_hub_loads(model_blip2, musicgen_config(64, 2, 4, 128), bert_config(64, 4, 4, 128))
     with tempfile.TemporaryDirectory() as rendezvous:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}/pg", rank=0, world_size=1)
         try:

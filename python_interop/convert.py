@@ -13,6 +13,8 @@ Formats:
                 renamed as BOSSA's notebook does.
   hf-bin        an HF folder with `pytorch_model.bin` (or its sharded index) + config.json
                 (EnCodec, MusicGen): names unchanged, config.json copied.
+Both BOSSA formats also store the frozen, truncated MusicGen decoder; its shape goes to the
+`musicgen` section (HF `MusicgenDecoderConfig` fields; `num_hidden_layers` = the layers stored).
 
 Unpickling is `torch.load(weights_only=True)`: only tensors and plain containers, plus an
 explicit allow-list for what a fairseq checkpoint pickles besides weights (argparse.Namespace,
@@ -20,6 +22,12 @@ numpy scalars, and its OmegaConf/fairseq config objects, which are replaced by i
 that only hold their pickled state and run none of their code). Anything else is refused.
 Tensors are streamed to disk one at a time from a memory-mapped load, so a 1B-parameter
 checkpoint converts without holding a second copy in memory.
+
+Shapes are read from the tensors; head counts cannot be, so they are defaults that `--set`
+overrides: `qformer.num_attention_heads` (BERT-base's 12; fairseq MusicBERT states its own),
+`musecoco.n_head` (MuseCoco-1B's 24), `musicgen.num_attention_heads` (hidden_size // 64: MusicGen's
+heads are 64 wide in every released size, large 2048 / 32), e.g.
+`--set musecoco.n_head=3 --set musicgen.num_attention_heads=2`.
 """
 import argparse
 import json
@@ -190,6 +198,32 @@ def musecoco_config(state, path, prefix):
                 layernorm_emb=False, use_lora=any(".lora_" in n for n in state if n.startswith(prefix)), dropout=0.1)
 
 
+# MusicGen's head width in every released size (small 1024/16, medium 1536/24, large 2048/32).
+MUSICGEN_HEAD_WIDTH = 64
+
+
+def musicgen_config(state, path, prefix):
+    """The stored MusicGen decoder (`prefix` = its `decoder.` module) as the HF
+    `MusicgenDecoderConfig` fields the Rust side reads. Its embedding tables have a row per code
+    plus the pad/BOS code (2048, which BOSSA hard-codes), so vocab_size = rows - 1 = pad_token_id."""
+    rows, hidden = shape(state, f"{prefix}embed_tokens.0.weight", path)
+    return dict(vocab_size=rows - 1, hidden_size=hidden,
+                num_hidden_layers=layer_count(state, re.escape(prefix) + r"layers\.(\d+)\."),
+                num_attention_heads=hidden // MUSICGEN_HEAD_WIDTH if hidden % MUSICGEN_HEAD_WIDTH == 0 else 1,
+                ffn_dim=shape(state, f"{prefix}layers.0.fc1.weight", path)[0],
+                num_codebooks=layer_count(state, re.escape(prefix) + r"embed_tokens\.(\d+)\."), pad_token_id=rows - 1)
+
+
+def doubtful_guesses(cfg, overrides):
+    """Notes on head counts guessed against the rule they come from, unless --set gave them."""
+    given = {item.partition("=")[0] for item in overrides}
+    musicgen = cfg.get("musicgen")
+    if musicgen and musicgen["hidden_size"] % MUSICGEN_HEAD_WIDTH and "musicgen.num_attention_heads" not in given:
+        return [f"the MusicGen decoder is {musicgen['hidden_size']} wide, not a multiple of {MUSICGEN_HEAD_WIDTH}: "
+                "num_attention_heads is set to 1; give the real count with --set musicgen.num_attention_heads=N"]
+    return []
+
+
 def fairseq_heads(ckpt):
     """encoder_attention_heads from fairseq's 'args' Namespace, or from its OmegaConf 'cfg'."""
     args = ckpt.get("args")
@@ -240,18 +274,20 @@ def convert_musicbert(path):
 
 def convert_stage1(path):
     state = renamed(tensor_dict(load_pickle(path), path, "the checkpoint"), STAGE1_RENAMES)
-    cfg = {"qformer": qformer_config(state, path, "", True),
-           "musicgen_layers": layer_count(state, r"musicgen_decoder\.decoder\.layers\.(\d+)\.")}
+    musicgen = musicgen_config(state, path, "musicgen_decoder.decoder.")
+    cfg = {"qformer": qformer_config(state, path, "", True), "musicgen": musicgen,
+           "musicgen_layers": musicgen["num_hidden_layers"]}
     return state, cfg, []
 
 
 def convert_stage2(path):
     state = renamed(tensor_dict(load_pickle(path), path, "the checkpoint"), STAGE2_RENAMES)
     proj = shape(state, "musecoco_proj.weight", path)
+    musicgen = musicgen_config(state, path, "blip2qformer.musicgen_decoder.decoder.")
     cfg = {"qformer": qformer_config(state, path, "blip2qformer.", False),
            "musecoco": musecoco_config(state, path, "musecoco."),
            "musecoco_proj": {"in_features": proj[1], "out_features": proj[0]},
-           "musicgen_layers": layer_count(state, r"blip2qformer\.musicgen_decoder\.decoder\.layers\.(\d+)\.")}
+           "musicgen": musicgen, "musicgen_layers": musicgen["num_hidden_layers"]}
     return state, cfg, []
 
 
@@ -361,6 +397,7 @@ def main(argv):
         if args.format != "hf-bin":
             cfg = {"format": args.format, **cfg}
         apply_overrides(cfg, args.overrides)
+        notes += doubtful_guesses(cfg, args.overrides)
         os.makedirs(args.out_dir, exist_ok=True)
         metadata = {"format": "pt", "converted_from": os.path.basename(os.path.abspath(args.input)),
                     "stylebridge_format": args.format}

@@ -1,6 +1,6 @@
 //! `stylebridge convert` round trips: tiny checkpoints in each format users bring are built here
-//! (BOSSA stage 1/2 from the Rust models' own variables under BOSSA's saved names, saved with
-//! torch.save; a fairseq MusicBERT dict with 'args' / an OmegaConf 'cfg'; HF `.bin` folders,
+//! (BOSSA stage 1/2 from the Rust models' own variables under BOSSA's saved names, with the frozen
+//! MusicGen decoder BOSSA stores beside them, saved with torch.save; a fairseq MusicBERT dict with 'args' / an OmegaConf 'cfg'; HF `.bin` folders,
 //! single and sharded), converted by the binary, loaded through the Rust path and compared value
 //! by value. Needs the project's Python (PYTHON_SYS_EXECUTABLE, exported by `make`).
 use std::collections::HashMap;
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use stylebridge::models::musecoco::{MuseCoco, MuseCocoConfig};
+use stylebridge::models::musicgen::{MusicgenDecoder, MusicgenDecoderConfig};
 use stylebridge::models::qformer::{QFormer, QFormerConfig};
 use stylebridge::models::weights::Checkpoint;
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -124,6 +125,39 @@ fn qformer_cfg(symbolic: bool) -> QFormerConfig {
     }
 }
 
+/// The stored MusicGen decoders: stage 1 is 128 wide, so the converter's default of 64-wide heads
+/// gives 2; stage 2 is 12 wide, so its head count comes from --set. 3 layers stored, so loading
+/// must take them all (BOSSA's `n // 2 + 1` rule would give 2).
+fn musicgen_cfg(hidden_size: i64, num_attention_heads: i64) -> MusicgenDecoderConfig {
+    MusicgenDecoderConfig { vocab_size: 8, pad_token_id: Some(8), hidden_size, num_attention_heads, num_hidden_layers: 3, ffn_dim: 16, ..Default::default() }
+}
+
+/// Variables of a fresh `cfg` decoder, noised like the other stores, named under `prefix`.
+fn musicgen_vars(cfg: &MusicgenDecoderConfig, prefix: &str) -> Vec<(String, Tensor)> {
+    let decoder = MusicgenDecoder::new(VarStore::new(Device::Cpu), cfg.clone(), cfg.num_hidden_layers).unwrap();
+    tch::no_grad(|| {
+        decoder.var_store().variables().into_iter().map(|(k, v)| (format!("{prefix}{k}"), &v + v.randn_like() * 0.5)).collect()
+    })
+}
+
+fn shallow(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    named.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect()
+}
+
+/// The `musicgen` section of a converted config.json, and the decoder loaded from `prefix` with
+/// every stored layer; its values equal the originals (rounded to the pickle's dtype).
+fn assert_musicgen_round_trips(out: &Path, ckpt: &Checkpoint, prefix: &str, originals: &HashMap<String, Tensor>, dtype: Kind) -> MusicgenDecoderConfig {
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: MusicgenDecoderConfig = serde_json::from_value(config["musicgen"].clone()).unwrap();
+    assert_eq!(config["musicgen_layers"], 3);
+    let decoder = MusicgenDecoder::from_checkpoint(ckpt, prefix, cfg.clone(), Some(cfg.num_hidden_layers), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(decoder.num_layers(), 3);
+    for (name, var) in decoder.var_store().variables() {
+        assert_same(&name, &var, &originals[&format!("{prefix}{name}")].to_kind(dtype));
+    }
+    cfg
+}
+
 fn musecoco_cfg() -> MuseCocoConfig {
     MuseCocoConfig { vocab_size: 20, n_embd: 12, n_head: 3, n_layer: 2, ffn_dim: 16, ..MuseCocoConfig::xlarge() }
 }
@@ -182,7 +216,7 @@ fn assert_store_equals(vs: &VarStore, originals: &HashMap<String, Tensor>, prefi
     }
 }
 
-/// The fixture folder; `stage{1,2}_expected.safetensors` hold the original variables.
+/// The fixture folder; `stage{1,2}_expected.safetensors` hold the original variables (MusicGen included).
 struct Fixtures {
     dir: PathBuf,
 }
@@ -213,7 +247,8 @@ fn build_fixtures(python: &str) -> Fixtures {
     let vs1 = VarStore::new(Device::Cpu);
     let _ = QFormer::new(vs1.root(), &qformer_cfg(true));
     noise(&vs1);
-    save_vars(&dir.join("stage1_expected.safetensors"), vs1.variables(), str::to_string, vec![]);
+    let musicgen1 = musicgen_vars(&musicgen_cfg(128, 2), "musicgen_decoder.decoder.");
+    save_vars(&dir.join("stage1_expected.safetensors"), vs1.variables(), str::to_string, shallow(&musicgen1));
     let old_name = |k: &str| {
         k.replace("layer_norm.", "ln_audio.")
             .replace("audio_proj", "vision_proj")
@@ -221,13 +256,9 @@ fn build_fixtures(python: &str) -> Fixtures {
             .replace("binary_head", "itm_head")
     };
     let old_name = |k: &str| if k.starts_with("Qformer.") { k.to_string() } else { old_name(k) };
-    let extra1 = vec![
-        (
-            "Qformer.bert.embeddings.position_ids".to_string(),
-            Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([1, 10]),
-        ),
-        ("musicgen_decoder.decoder.layers.0.fc1.weight".to_string(), Tensor::ones([4, 6], (Kind::Float, Device::Cpu))),
-    ];
+    let mut extra1 =
+        vec![("Qformer.bert.embeddings.position_ids".to_string(), Tensor::arange(10, (Kind::Int64, Device::Cpu)).view([1, 10]))];
+    extra1.extend(musicgen1);
     save_vars(&dir.join("stage1_vars.safetensors"), vs1.variables(), old_name, extra1);
     // Stage 2: one store mirroring Blip2Musecoco's state dict.
     let vs2 = VarStore::new(Device::Cpu);
@@ -235,14 +266,11 @@ fn build_fixtures(python: &str) -> Fixtures {
     let _ = MuseCoco::new(vs2.root() / "musecoco", &musecoco_cfg());
     let _ = nn::linear(vs2.root() / "musecoco_proj", 8, 12, Default::default());
     noise(&vs2);
-    save_vars(&dir.join("stage2_expected.safetensors"), vs2.variables(), str::to_string, vec![]);
-    let extra2 = vec![
-        ("musecoco.decoder.embed_positions._float_tensor".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu))),
-        (
-            "blip2qformer.musicgen_decoder.decoder.layers.0.fc1.weight".to_string(),
-            Tensor::ones([4, 6], (Kind::Float, Device::Cpu)),
-        ),
-    ];
+    let musicgen2 = musicgen_vars(&musicgen_cfg(12, 3), "blip2qformer.musicgen_decoder.decoder.");
+    save_vars(&dir.join("stage2_expected.safetensors"), vs2.variables(), str::to_string, shallow(&musicgen2));
+    let mut extra2 =
+        vec![("musecoco.decoder.embed_positions._float_tensor".to_string(), Tensor::zeros([1], (Kind::Float, Device::Cpu)))];
+    extra2.extend(musicgen2);
     save_vars(
         &dir.join("stage2_vars.safetensors"),
         vs2.variables(),
@@ -267,7 +295,7 @@ fn converter_round_trips_every_format() {
             "bossa-stage2",
             d.join("bossa_stage2.pt"),
             d.join("out2"),
-            &["qformer.num_attention_heads=2", "musecoco.n_head=3"],
+            &["qformer.num_attention_heads=2", "musecoco.n_head=3", "musicgen.num_attention_heads=3"],
         ),
     ];
     for input in ["musicbert_args.pt", "musicbert_cfg.pt"] {
@@ -286,7 +314,13 @@ fn converter_round_trips_every_format() {
     let _ = QFormer::new(vs.root(), &cfg);
     QFormer::load(&mut vs, &ckpt, "").unwrap();
     assert_store_equals(&vs, &stage1, "", Kind::BFloat16);
-    assert!(ckpt.contains("musicgen_decoder.decoder.layers.0.fc1.weight"), "MusicGen kept for the audio side");
+    // The frozen MusicGen, its shape from the tensors; heads default to 128 / 64.
+    let mcfg = assert_musicgen_round_trips(&d.join("out1"), &ckpt, "musicgen_decoder.decoder.", &stage1, Kind::BFloat16);
+    let want = musicgen_cfg(128, 2);
+    assert_eq!(
+        (mcfg.vocab_size, mcfg.pad_token_id, mcfg.hidden_size, mcfg.num_attention_heads, mcfg.ffn_dim, mcfg.num_codebooks),
+        (want.vocab_size, want.pad_token_id, want.hidden_size, want.num_attention_heads, want.ffn_dim, want.num_codebooks)
+    );
 
     // bossa-stage2 (fp16 pickle): the query-path Q-Former, MuseCoco with LoRA, musecoco_proj.
     let ckpt = Checkpoint::open(&d.join("out2")).unwrap();
@@ -307,6 +341,15 @@ fn converter_round_trips_every_format() {
     let _ = nn::linear(vs_p.root(), 8, 12, Default::default());
     ckpt.load_into(&mut vs_p, "musecoco_proj.", |_| false).unwrap();
     assert_store_equals(&vs_p, &stage2, "musecoco_proj.", Kind::Half);
+    let gcfg = assert_musicgen_round_trips(&d.join("out2"), &ckpt, "blip2qformer.musicgen_decoder.decoder.", &stage2, Kind::Half);
+    assert_eq!((gcfg.hidden_size, gcfg.num_attention_heads, gcfg.vocab_size, gcfg.num_codebooks), (12, 3, 8, 4), "heads from --set");
+    // Without --set, a width that is no multiple of 64 gets 1 head and a note saying so.
+    let output = convert("bossa-stage2", &d.join("bossa_stage2.pt"), &d.join("out2_guess"), &[]);
+    assert!(output.status.success());
+    let note = String::from_utf8_lossy(&output.stderr);
+    assert!(note.contains("12 wide") && note.contains("--set musicgen.num_attention_heads"), "{note}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out2_guess/config.json")).unwrap()).unwrap();
+    assert_eq!(config["musicgen"]["num_attention_heads"], 1);
 
     // musicbert, both fairseq generations: heads from 'args' / from 'cfg'; BOSSA's init_Qformer.
     let expected = read(&d.join("musicbert_expected.safetensors"));
