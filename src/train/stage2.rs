@@ -268,7 +268,9 @@ impl Stage2Model {
             "{}: no MuseCoco weights (`musecoco.*`); is this a stage-2 checkpoint?",
             dir.display()
         );
-        let audio = FrozenAudio::from_checkpoint(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, None, device, Kind::Float)?;
+        // A BOSSA checkpoint stores the decoder already cut: run every stored layer.
+        let layers = Some(decoder.num_hidden_layers);
+        let audio = FrozenAudio::from_checkpoint(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, layers, device, Kind::Float)?;
         let mut net = Blip2Musecoco::new(&QFormerConfig { encoder_width: audio.config().hidden_size, ..qcfg }, &musecoco_cfg, device);
         net.load_bossa(&ckpt)?;
         Ok(Self { audio, net, backbones: vec![Backbone::hash("stage2", dir)?] })
@@ -304,7 +306,11 @@ fn build_audio(cfg: &ModelConfig, origin: Option<&Stage1Origin>, device: Device,
         return Ok((FrozenAudio::new(&source, Kind::Float, device, seed)?, backbones));
     }
     match origin.and_then(|o| o.embedded_musicgen.clone().map(|e| (o, e))) {
-        Some((o, (decoder, prefix))) => Ok((FrozenAudio::from_checkpoint(&o.weights, prefix, decoder, None, device, Kind::Float)?, Vec::new())),
+        Some((o, (decoder, prefix))) => {
+            // Stored already cut: run every stored layer.
+            let layers = Some(decoder.num_hidden_layers);
+            Ok((FrozenAudio::from_checkpoint(&o.weights, prefix, decoder, layers, device, Kind::Float)?, Vec::new()))
+        }
         None => bail!("model.musicgen is not set and the stage-1 model names no MusicGen (give model.musicgen)"),
     }
 }
