@@ -174,9 +174,9 @@ impl<'a> WindowRun<'a> {
         let mut new: Vec<Vec<u32>> = vec![Vec::new(); k];
         let mut active: Vec<usize> = (0..k).collect();
         let mut steps = 0;
+        let vocab = remi::VOCAB_SIZE;
         loop {
             let rows = Vec::<f64>::try_from(logits.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1))?;
-            let vocab = remi::VOCAB_SIZE;
             for (j, &i) in active.iter().enumerate() {
                 let key = DrawKey { sample: self.samples.start + i as u64, window: self.window.index as u64, step: new[i].len() as u64 };
                 let token = self.config.sampling.draw(&rows[j * vocab..(j + 1) * vocab], &grammars[i].allowed(), key)?;
