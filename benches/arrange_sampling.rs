@@ -13,7 +13,9 @@
 //! `cargo bench --bench arrange_sampling` (via `make bench`). Shapes: demo (n_embd 128, 4 heads,
 //! 4 layers, ffn 512; cap ARRANGE_BENCH_DEMO_CAP new tokens per window, default 128) and
 //! MuseCoco-1B (24 x 2048, random weights, ~5 GB of fp32; ARRANGE_BENCH_XLARGE = `skip` or the
-//! cap per window, default 16).
+//! cap per window, default 16). ARRANGE_BENCH_THREADS sets torch threads (default: libtorch's).
+//! One step is some 150 small libtorch ops at the demo shape, so with 2 threads on a busy 2-core
+//! machine each op waits for a descheduled worker and steps slow down tenfold; 1 thread does not.
 use std::time::Instant;
 
 use anyhow::Result;
@@ -96,6 +98,9 @@ fn bench(name: &str, cfg: &MuseCocoConfig, cap: usize, passage: &Passage, bandwi
 }
 
 fn main() -> Result<()> {
+    if let Some(threads) = std::env::var("ARRANGE_BENCH_THREADS").ok().and_then(|v| v.parse().ok()) {
+        tch::set_num_threads(threads);
+    }
     let device = Device::cuda_if_available();
     let passage = Passage::new(&lead_sheet(), 0, None)?;
     let env_cap = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);

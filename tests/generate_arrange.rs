@@ -20,6 +20,8 @@ static SEEDED: Mutex<()> = Mutex::new(());
 
 fn model(seed: i64) -> (VarStore, MuseCoco) {
     let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    // Tiny ops on parallel test threads: intra-op workers would only wait on each other.
+    tch::set_num_threads(1);
     tch::manual_seed(seed);
     let cfg = MuseCocoConfig { vocab_size: remi::VOCAB_SIZE as i64, n_embd: EMBD, n_head: 2, n_layer: 2, ffn_dim: 32, ..MuseCocoConfig::xlarge() };
     let vs = VarStore::new(Device::Cpu);

@@ -113,12 +113,11 @@ pub fn arrange(
         let soft = soft_prompt(&window).with_context(|| format!("window {}: no soft prompt", window.index))?;
         let carried: Vec<Vec<u32>> = bars.iter().map(|b| b[window.carried.clone()].concat()).collect();
         let run = WindowRun::new(model, passage, &window, &samples, config);
-        let (new, timing) = run.sample(&soft, &carried).with_context(|| format!("window {} (bars {:?})", window.index, window.bars))?;
+        let (rows, timing) = run.sample(&soft, &carried).with_context(|| format!("window {} (bars {:?})", window.index, window.bars))?;
         let empty_bars: Vec<Vec<u32>> = passage.bar_specs(window.generated()).iter().map(|s| s.empty_bar()).collect();
-        for (i, (tokens, grammar)) in new.into_iter().enumerate() {
-            let end = grammar.end().context("a window ended before its grammar")?;
-            records[i].push(WindowRecord { window: window.index, new_tokens: tokens.len(), end });
-            bars[i].extend(split_bars(&tokens, &empty_bars));
+        for (i, row) in rows.into_iter().enumerate() {
+            records[i].push(WindowRecord { window: window.index, new_tokens: row.tokens.len(), end: row.end });
+            bars[i].extend(split_bars(&row.tokens, &empty_bars));
         }
         timings.push(timing);
     }
@@ -127,6 +126,12 @@ pub fn arrange(
         .map(|(sample, (bars, windows))| SampleTokens { sample, bars, windows })
         .collect();
     Ok(Arrangement { samples, timings })
+}
+
+/// One sample's new tokens in a window, and why they ended.
+struct RowOutcome {
+    tokens: Vec<u32>,
+    end: End,
 }
 
 /// One window's sampling for every sample.
@@ -148,8 +153,8 @@ impl<'a> WindowRun<'a> {
         Self { model, config, window, samples, shared, passage }
     }
 
-    /// The new tokens and finished grammar of every sample, given their carried tokens.
-    fn sample(&self, soft: &Tensor, carried: &[Vec<u32>]) -> Result<(Vec<(Vec<u32>, Grammar)>, WindowTiming)> {
+    /// The new tokens of every sample, given their carried tokens.
+    fn sample(&self, soft: &Tensor, carried: &[Vec<u32>]) -> Result<(Vec<RowOutcome>, WindowTiming)> {
         let (model, k) = (self.model, carried.len());
         let device = model.device();
         let started = Instant::now();
@@ -169,9 +174,9 @@ impl<'a> WindowRun<'a> {
         let mut new: Vec<Vec<u32>> = vec![Vec::new(); k];
         let mut active: Vec<usize> = (0..k).collect();
         let mut steps = 0;
+        let vocab = remi::VOCAB_SIZE;
         loop {
             let rows = Vec::<f64>::try_from(logits.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1))?;
-            let vocab = remi::VOCAB_SIZE;
             for (j, &i) in active.iter().enumerate() {
                 let key = DrawKey { sample: self.samples.start + i as u64, window: self.window.index as u64, step: new[i].len() as u64 };
                 let token = self.config.sampling.draw(&rows[j * vocab..(j + 1) * vocab], &grammars[i].allowed(), key)?;
@@ -194,7 +199,12 @@ impl<'a> WindowRun<'a> {
             steps += 1;
         }
         let timing = WindowTiming { window: self.window.index, prefill_seconds, sampling_seconds: started.elapsed().as_secs_f64(), steps };
-        Ok((new.into_iter().zip(grammars).collect(), timing))
+        let rows = new
+            .into_iter()
+            .zip(grammars)
+            .map(|(tokens, grammar)| Ok(RowOutcome { tokens, end: grammar.end().context("a row stopped before its grammar finished")? }))
+            .collect::<Result<_>>()?;
+        Ok((rows, timing))
     }
 
     /// Prefill the soft prompt and the shared prompt once, then each sample's carried tokens from

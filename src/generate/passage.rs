@@ -309,7 +309,7 @@ mod tests {
         assert!(msg(Passage::new(&odd, 0, None)).contains("3/128"));
         let passage = Passage::new(&score, 0, Some(2)).unwrap();
         let empty = ids("s-9 t-35 b-1");
-        let err = format!("{:#}", passage.to_score(&[empty.clone()]).unwrap_err());
+        let err = format!("{:#}", passage.to_score(std::slice::from_ref(&empty)).unwrap_err());
         assert!(err.contains("1 bars of piano tokens for a passage of 2"), "{err}");
         let err = format!("{:#}", passage.to_score(&[empty.clone(), ids("s-9 t-35 o-50 i-0 p-60 d-3 v-3 b-1")]).unwrap_err());
         assert!(err.contains("bar 1: onset 50 is past the bar's 48 positions"), "{err}");

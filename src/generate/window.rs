@@ -91,7 +91,7 @@ impl ReferenceCodes {
     /// Codes [n_q, frames] (row-major) at `frame_rate` frames per second; clips of BOSSA's
     /// 10.16 s.
     pub fn new(codes: Vec<u16>, n_q: usize, pad_code: u16, frame_rate: f64) -> Result<Self> {
-        ensure!(n_q > 0 && codes.len() % n_q == 0, "{} codes do not split into {n_q} codebooks", codes.len());
+        ensure!(n_q > 0 && codes.len().is_multiple_of(n_q), "{} codes do not split into {n_q} codebooks", codes.len());
         let frames = codes.len() / n_q;
         ensure!(frames > 0, "the reference audio has no frames");
         let clip = WindowSpec::from_seconds(frame_rate, WINDOW_SECONDS, 0.0)?;
