@@ -207,11 +207,13 @@ impl Attention {
             value = Tensor::cat(&[&past.value, &value], 2);
         }
         let query = self.split_heads(&self.query.forward(hidden));
-        let head_dim = query.size()[3] as f64;
-        let scores = query.matmul(&key.transpose(-1, -2)) / head_dim.sqrt() + mask;
-        let probs = scores.softmax(-1, scores.kind()).dropout(self.attention_dropout, train);
+        // softmax(q k^T / sqrt(d) + mask) v with dropout on the probabilities, fused; the additive
+        // mask (-10000 / the dtype's minimum, as the reference) broadcasts over heads.
+        let dropout = if train { self.attention_dropout } else { 0.0 };
+        let mask = mask.to_kind(query.kind());
+        let attended = Tensor::scaled_dot_product_attention(&query, &key, &value, Some(&mask), dropout, false, None, false);
         let (b, t) = (hidden.size()[0], hidden.size()[1]);
-        let context_layer = probs.matmul(&value).permute([0, 2, 1, 3]).reshape([b, t, -1]);
+        let context_layer = attended.permute([0, 2, 1, 3]).reshape([b, t, -1]);
         let out = self.dense.forward(&context_layer).dropout(self.hidden_dropout, train);
         (self.layer_norm.forward(&(out + hidden)), KeyValue { key, value })
     }
