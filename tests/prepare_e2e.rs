@@ -84,7 +84,7 @@ fn write_song(dir: &Path, name: &str, k: u32, bars: u32, meter: u32, bpm: f64) {
     audio::write_wav(&dir.join(format!("{name}.wav")), &samples, rate).unwrap();
 }
 
-/// Songs s00..s{n-1} (one in 3/4), and one without a piano track.
+/// Songs s00..s{n-1} (one in 3/4), and one without a PIANO track.
 fn corpus(n: u32) -> PathBuf {
     let dir = scratch("corpus");
     for k in 0..n {
@@ -122,7 +122,7 @@ fn config(dir: &Path) -> PathBuf {
     let path = dir.join("exp.yaml");
     std::fs::write(
         &path,
-        "name: e2e\nseed: 3\nprepare:\n  source: pairs\n  max_shard_mib: 0.2\n  split:\n    valid: 0.25\n    test: 0.25\n",
+        "name: e2e\nseed: 3\nprepare:\n  source: pairs\n  target_tracks: [MELODY, PIANO]\n  max_shard_mib: 0.2\n  split:\n    valid: 0.25\n    test: 0.25\n",
     )
     .unwrap();
     path
@@ -191,8 +191,10 @@ fn check_rows(out: &Path, ratios: SplitRatios, seed: u64, separator: Option<&str
                 assert_eq!(i64::from(row.codes[q * a.stored_frames() + j]), want, "{} seg {} q {q} frame {f}", row.song_id, row.segment_index);
             }
         }
-        let piano = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap();
-        assert!(!piano.is_empty() && piano.iter().all(|n| n.bar < 4));
+        let target = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap();
+        assert!(!target.is_empty() && target.iter().all(|n| n.bar < 4));
+        // The target is a piano cover: every note on program 0, whatever its track played.
+        assert!(target.iter().all(|n| n.program == 0), "{} seg {}: target notes off piano", row.song_id, row.segment_index);
         assert!(!row.lead_octuple.is_empty() && !row.lead_remi.is_empty() && !row.piano_remi.is_empty());
     }
     all
@@ -215,9 +217,12 @@ fn prepare_a_corpus_then_load_every_row_back() {
 
     let rows = check_rows(out, SplitRatios { valid: 0.25, test: 0.25 }, 3, None);
     for (_, row) in &rows {
-        // Piano tokens: the source's piano notes of those 4 bars (a note per beat; s01 is in 3/4).
+        // Target tokens: the source's PIANO notes of those 4 bars (one a beat; s01 is in 3/4) and
+        // its MELODY notes (one a bar, pitches 67..=71, written on program 73).
         let beats = if row.song_id == "s01" { 3 } else { 4 };
-        assert_eq!(row.piano_octuple.len(), 8 * 4 * beats, "{} seg {}", row.song_id, row.segment_index);
+        assert_eq!(row.piano_octuple.len(), 8 * (4 * beats + 4), "{} seg {}", row.song_id, row.segment_index);
+        let melody_pitches = row.piano_octuple.chunks(8).filter(|n| (67..=71).contains(&(n[3] - octuple::FIELD_OFFSETS[3] as u16))).count();
+        assert_eq!(melody_pitches, 4, "{} seg {}: the melody is part of the target", row.song_id, row.segment_index);
         assert_eq!((row.meter_numerator, row.meter_denominator), (beats as u32, 4));
     }
     // 10..12 bars, 2-bar hop: 4 or 5 segments per song.
@@ -245,7 +250,7 @@ fn prepare_a_corpus_then_load_every_row_back() {
     let out_text = Command::new(BIN).args(["inspect", "shards"]).arg(out).output().unwrap();
     let text = String::from_utf8_lossy(&out_text.stdout);
     assert!(out_text.status.success(), "{}", String::from_utf8_lossy(&out_text.stderr));
-    for needle in ["schema v1", "train", "valid", "test", "skipped songs: 1", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
+    for needle in ["schema v2", "train", "valid", "test", "skipped songs: 1", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
         assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
     }
 }
@@ -315,7 +320,7 @@ fn embedded_corpus_prepares_with_lead_sheets_kept_in_one_split() {
     assert!(synth.status.success(), "corpus synth failed: {}", String::from_utf8_lossy(&synth.stderr));
     let out = scratch("embedded_shards");
     let config = corpus.join("exp.yaml");
-    std::fs::write(&config, "name: emb\nseed: 1\nprepare:\n  source: pairs\n  split_group_separator: \"_\"\n  split:\n    valid: 0.3\n    test: 0.3\n").unwrap();
+    std::fs::write(&config, "name: emb\nseed: 1\nprepare:\n  source: pairs\n  target_tracks: [MELODY, PIANO]\n  split_group_separator: \"_\"\n  split:\n    valid: 0.3\n    test: 0.3\n").unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["prepare", "--config"]).arg(&config).arg("--input").arg(&corpus).arg("--encodec").arg(encodec()).arg("--out").arg(&out);
     run_ok(cmd);

@@ -13,8 +13,8 @@
 //! The written MIDI has track MELODY then track CHORDS, the order `read_leadsheet` expects, plus
 //! the tempo and time-signature maps, so it plays and re-reads as the same lead sheet.
 //! How later stages lay it out (BOSSA `dataset.py`, `train_stage{1,2}.py`): the segment's notes of
-//! `to_score()` are encoded like the piano part; bars count from the segment's first bar (the
-//! earlier of lead sheet and piano); notes sort by (bar, position, program, pitch descending)
+//! `to_score()` are encoded like the target (the piano arrangement); bars count from the segment's
+//! first bar (the earlier of lead sheet and target); notes sort by (bar, position, program, pitch descending)
 //! (`pitch_order='high_to_low'`); training passes `deperf=True`, so the lead sheet's velocity and
 //! tempo tokens become `<unk>`. Stage 1: lead-sheet notes without the `<s>`/`</s>` boundary notes,
 //! then the piano's `<s>` x8 ... `</s>` x8. Stage 2 (REMI): `</s>`, attributes, `<sep>`, lead
@@ -338,8 +338,9 @@ impl LeadSheet {
     }
 }
 
-/// All instruments named `name` (the MIDI writer may split one part over several tracks).
-fn find_tracks<'a>(score: &'a Score, name: &str) -> Result<Vec<&'a Instrument>> {
+/// All instruments named `name` (the MIDI writer may split one part over several tracks): the
+/// exact name, else the unique case-insensitive match; an error lists the tracks there are.
+pub fn find_tracks<'a>(score: &'a Score, name: &str) -> Result<Vec<&'a Instrument>> {
     let exact: Vec<&Instrument> = score.instruments.iter().filter(|i| i.name == name).collect();
     if !exact.is_empty() {
         return Ok(exact);

@@ -1,13 +1,18 @@
 //! `stylebridge prepare`: a corpus of songs -> Parquet shards of training pairs + a manifest.
 //!
 //! Two phases, so a killed run resumes and a rerun gives the same bytes:
-//! 1. per song, in parallel: lead sheet + piano part -> segments -> tokens; audio (decoded, or
+//! 1. per song, in parallel: lead sheet + target -> segments -> tokens; audio (decoded, or
 //!    rendered from the MIDI) -> EnCodec codes of the whole track, once (SPEC 2: codes of a cut
 //!    window differ at its edges) -> one code window per segment. The song's rows go to
 //!    `OUT/.work/songs/<id>.parquet`, atomically; a rerun skips songs whose file exists. A song
 //!    that fails is skipped and reported with its reason, never silently dropped.
 //! 2. all song files, in song-id order, are split by song (hash of seed and id), written as
 //!    bounded shards per split (atomically), then the manifest, then stale shards are removed.
+//!
+//! The target is the whole piano arrangement (SPEC 2): the tracks of `prepare.target_tracks`
+//! (POP909: MELODY, BRIDGE and PIANO, as BOSSA's `arrange_pop909.py` takes every instrument)
+//! merged into one part played on piano, so every target note has program 0 whatever its track
+//! plays for rendering.
 //!
 //! `.work/fingerprint.json` records the settings the song files depend on; a rerun with other
 //! settings is refused instead of mixing rows of two configurations.
@@ -19,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{Device, Tensor};
 
-use crate::data::leadsheet::{read_chord_file, LeadSheet, Pop909Song};
-use crate::data::midi::{self, Score};
+use crate::data::leadsheet::{find_tracks, read_chord_file, LeadSheet, Pop909Song};
+use crate::data::midi::{self, Instrument, Score};
 use crate::data::pairing::{octuple_ids, remi_ids, segment_pairs, WindowSpec};
 use crate::data::render::{band_programs, resolve_soundfont, SoundFontSynth};
 use crate::data::segments::{SegmentConfig, SegmentSpec};
@@ -35,6 +40,8 @@ const WORK_DIR: &str = ".work";
 const FINGERPRINT: &str = "fingerprint.json";
 pub const REPORT_NAME: &str = "report.txt";
 const MIN_RENDER_RATE: u32 = 16_000;
+/// GM program of the target: the arrangement is a piano cover.
+const PIANO_PROGRAM: u8 = 0;
 
 /// Where `stylebridge prepare` reads songs from.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,7 +78,9 @@ pub struct PrepareConfig {
     pub max_shard_mib: f64,
     /// Only the first N songs (sorted by id); for quick runs.
     pub max_songs: Option<usize>,
-    pub piano_track: String,
+    /// Tracks merged into the target, the piano arrangement (all played on piano, program 0).
+    pub target_tracks: Vec<String>,
+    /// The lead sheet's melody (pairs layout; POP909 songs take their MELODY track).
     pub melody_track: String,
     /// Song-level split (hash of seed and song id): fractions for valid and test.
     pub split: crate::data::split::SplitRatios,
@@ -95,7 +104,7 @@ impl Default for PrepareConfig {
             margin_seconds: 1.0,
             max_shard_mib: 256.0,
             max_songs: None,
-            piano_track: "PIANO".into(),
+            target_tracks: ["MELODY", "BRIDGE", "PIANO"].map(String::from).to_vec(),
             melody_track: "MELODY".into(),
             split: Default::default(),
             split_group_separator: None,
@@ -113,6 +122,12 @@ impl Validate for PrepareConfig {
         p.check(self.jobs <= 1024, at, "jobs", || format!("is {}; must be 0 (one per core) ..= 1024", self.jobs));
         if let Err(e) = self.split.validate() {
             p.check(false, at, "split", || format!("is off: {e}"));
+        }
+        let tracks = &self.target_tracks;
+        p.check(!tracks.is_empty(), at, "target_tracks", || "is empty; list the tracks that make the piano arrangement (POP909: [MELODY, BRIDGE, PIANO])".into());
+        for (i, name) in tracks.iter().enumerate() {
+            p.check(!name.trim().is_empty(), at, &format!("target_tracks[{i}]"), || "is an empty name".into());
+            p.check(!tracks[..i].contains(name), at, &format!("target_tracks[{i}]"), || format!("'{name}' is listed twice (its notes would be doubled)"));
         }
     }
 }
@@ -188,17 +203,25 @@ pub fn discover(config: &PrepareConfig) -> Result<Vec<SongSource>> {
     Ok(songs)
 }
 
-/// The tracks named `name` (exact, else case-insensitive) with the score's maps.
-fn part(score: &Score, name: &str, file: &Path) -> Result<Score> {
-    let mut instruments: Vec<_> = score.instruments.iter().filter(|i| i.name == name).cloned().collect();
-    if instruments.is_empty() {
-        instruments = score.instruments.iter().filter(|i| i.name.trim().eq_ignore_ascii_case(name)).cloned().collect();
+/// The target of a song: the notes of every track in `names` (each found as [`find_tracks`]
+/// finds the melody) merged into one part played on piano, with the score's maps.
+fn target_part(score: &Score, names: &[String], file: &Path) -> Result<Score> {
+    let mut notes = Vec::new();
+    for name in names {
+        let tracks = find_tracks(score, name)
+            .with_context(|| format!("{}: cannot build the target from prepare.target_tracks {names:?}", file.display()))?;
+        if let Some(drums) = tracks.iter().find(|t| t.is_drum) {
+            bail!("{}: target track '{}' is a drum track; a piano arrangement cannot hold it (prepare.target_tracks)", file.display(), drums.name);
+        }
+        notes.extend(tracks.iter().flat_map(|t| t.notes.iter().copied()));
     }
-    if instruments.is_empty() {
-        let names: Vec<&str> = score.instruments.iter().map(|i| i.name.as_str()).collect();
-        bail!("{} has no track named '{name}' (tracks: {names:?}); set prepare.piano_track", file.display());
-    }
-    Ok(Score { instruments, ..score.clone() })
+    let piano = Instrument { name: "target".into(), program: PIANO_PROGRAM, is_drum: false, notes };
+    Ok(Score {
+        ticks_per_beat: score.ticks_per_beat,
+        instruments: vec![piano],
+        tempo_changes: score.tempo_changes.clone(),
+        time_signatures: score.time_signatures.clone(),
+    })
 }
 
 /// EnCodec models shared by the worker threads: one per thread that needs one (tch tensors
@@ -249,30 +272,31 @@ impl EncoderPool {
 /// A song's parts on one timeline.
 pub struct SongParts {
     pub lead_sheet: Score,
-    pub piano: Score,
+    /// The piano arrangement: `prepare.target_tracks` merged, program 0.
+    pub target: Score,
     /// Every track, for rendering.
     pub full: Score,
     /// Bar where segments start (BOSSA's bar 0).
     pub first_bar: usize,
 }
 
-/// Lead sheet and piano part of a song.
+/// Lead sheet and target of a song.
 pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<SongParts> {
     match config.source {
         SourceKind::Pop909 => {
             let loaded = Pop909Song::load(&song.lead_sheet)?;
-            let piano = part(&loaded.score, &config.piano_track, &song.midi)?;
+            let target = target_part(&loaded.score, &config.target_tracks, &song.midi)?;
             // BOSSA's windows start at the first annotated downbeat; the pickup before it is left out.
             let first_bar = loaded.first_downbeat_bar;
-            Ok(SongParts { lead_sheet: loaded.lead_sheet.to_score(), piano, full: loaded.score, first_bar })
+            Ok(SongParts { lead_sheet: loaded.lead_sheet.to_score(), target, full: loaded.score, first_bar })
         }
         SourceKind::Pairs => {
             let score = midi::read(&song.midi)?;
             ensure!(song.lead_sheet.is_file(), "no chord file {} beside {}", song.lead_sheet.display(), song.midi.display());
             let chords = read_chord_file(&song.lead_sheet)?;
             let lead = LeadSheet::from_score(&score, &config.melody_track, &chords).with_context(|| format!("in {}", song.midi.display()))?;
-            let piano = part(&score, &config.piano_track, &song.midi)?;
-            Ok(SongParts { lead_sheet: lead.to_score(), piano, full: score, first_bar: 0 })
+            let target = target_part(&score, &config.target_tracks, &song.midi)?;
+            Ok(SongParts { lead_sheet: lead.to_score(), target, full: score, first_bar: 0 })
         }
     }
 }
@@ -305,8 +329,8 @@ pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, 
     let config = &settings.config;
     let parts = symbolic(song, config)?;
     let spec = SegmentSpec { bars: settings.segments.bars as usize, hop: settings.segments.hop_bars as usize };
-    let pairs = segment_pairs(&parts.piano, &parts.lead_sheet, spec, parts.first_bar)?;
-    ensure!(!pairs.is_empty(), "no {}-bar segment has both lead-sheet and piano notes", spec.bars);
+    let pairs = segment_pairs(&parts.target, &parts.lead_sheet, spec, parts.first_bar)?;
+    ensure!(!pairs.is_empty(), "no {}-bar segment has both lead-sheet and target notes", spec.bars);
     let samples = audio(song, &parts.full, encoder.layout.sample_rate, synth)?;
     let codes = encoder.encode(&samples)?;
     let layout = &encoder.layout;
@@ -333,9 +357,9 @@ pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, 
                 codes_start_frame,
                 codes: window_codes,
                 lead_octuple: octuple_ids(&p.lead),
-                piano_octuple: octuple_ids(&p.piano),
+                piano_octuple: octuple_ids(&p.target),
                 lead_remi: remi_ids(&p.lead),
-                piano_remi: remi_ids(&p.piano),
+                piano_remi: remi_ids(&p.target),
                 audio_path: song.audio.as_ref().map_or_else(|| "(rendered from the MIDI)".into(), |p| p.display().to_string()),
                 midi_path: song.midi.display().to_string(),
                 lead_sheet_path: song.lead_sheet.display().to_string(),
@@ -360,7 +384,7 @@ struct Fingerprint<'a> {
     layout: &'a AudioLayout,
     render_missing_audio: bool,
     soundfont: Option<String>,
-    piano_track: &'a str,
+    target_tracks: &'a [String],
     melody_track: &'a str,
 }
 
@@ -416,7 +440,7 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
         layout: &encoder.layout,
         render_missing_audio: config.render_missing_audio,
         soundfont: synth.as_ref().and(config.soundfont.as_ref()).map(|p| p.display().to_string()),
-        piano_track: &config.piano_track,
+        target_tracks: &config.target_tracks,
         melody_track: &config.melody_track,
     })?;
     let fingerprint_path = work.join(FINGERPRINT);

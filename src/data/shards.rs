@@ -23,14 +23,22 @@ use std::sync::Arc;
 
 use crate::data::split::Split;
 
-/// Bump when the row layout or its meaning changes; readers refuse other versions.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bump when the row layout or its meaning changes (and say why in [`SCHEMA_CHANGES`]); readers
+/// refuse other versions.
+pub const SCHEMA_VERSION: u32 = 2;
+/// What each version changed, so that refusing an older folder can say why it no longer fits.
+const SCHEMA_CHANGES: [(u32, &str); 1] = [(
+    2,
+    "the target (piano_octuple, piano_remi) is the whole piano arrangement, the tracks of \
+     `prepare.target_tracks` merged and played on piano, where version 1 held the PIANO track alone",
+)];
 pub const MANIFEST_NAME: &str = "manifest.json";
 const ROW_GROUP_ROWS: usize = 256;
 
 /// One training pair. Token lists hold the segment's notes only (no `<s>`/`</s>` boundary
-/// notes); bars count from the segment's first note (lead sheet or piano), as BOSSA's collate
-/// does, and notes sort by (bar, position, program, pitch high to low).
+/// notes); bars count from the segment's first note (lead sheet or target), as BOSSA's collate
+/// does, and notes sort by (bar, position, program, pitch high to low). The `piano_*` lists are
+/// the target: the whole piano arrangement (`prepare.target_tracks` merged, all program 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRow {
     pub song_id: String,
@@ -294,14 +302,13 @@ impl Manifest {
         let path = dir.join(MANIFEST_NAME);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (is {} a prepared shard folder?)", path.display(), dir.display()))?;
-        let manifest: Self = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
-        ensure!(
-            manifest.schema_version == SCHEMA_VERSION,
-            "{} has schema version {}, this build reads version {SCHEMA_VERSION}; run `stylebridge prepare` again",
-            path.display(),
-            manifest.schema_version
-        );
-        Ok(manifest)
+        // The version first: an older manifest may not even parse as this one.
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("schema_version")?.as_u64())
+            .with_context(|| format!("{} is not a valid manifest (no schema_version)", path.display()))?;
+        check_version(dir, version)?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -312,6 +319,28 @@ impl Manifest {
     pub fn shards_of(&self, split: Split) -> impl Iterator<Item = &ShardInfo> {
         self.shards.iter().filter(move |s| s.split == split)
     }
+}
+
+/// Refuse shards of another schema version, saying what changed since.
+fn check_version(dir: &Path, version: u64) -> Result<()> {
+    let current = u64::from(SCHEMA_VERSION);
+    if version > current {
+        bail!(
+            "{} holds shards of schema version {version}, written by a newer stylebridge; this build reads version {current}. \
+             Use that build, or run `stylebridge prepare` again with this one",
+            dir.display()
+        );
+    }
+    if version < current {
+        let changes: Vec<&str> = SCHEMA_CHANGES.iter().filter(|(v, _)| u64::from(*v) > version).map(|(_, why)| *why).collect();
+        bail!(
+            "{} holds shards of schema version {version}; this build reads version {current}, and since then {}. \
+             Run `stylebridge prepare` again to rebuild them (into a new folder, or into this one after deleting it)",
+            dir.display(),
+            changes.join("; ")
+        );
+    }
+    Ok(())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -445,6 +474,14 @@ pub(crate) mod tests {
         manifest.schema_version = 99;
         manifest.write(dir.path()).unwrap();
         let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
-        assert!(err.contains("schema version 99"), "{err}");
+        assert!(err.contains("schema version 99") && err.contains("newer stylebridge"), "{err}");
+        // A version-1 manifest (before target_tracks) is refused with the reason and the remedy.
+        manifest.schema_version = 1;
+        manifest.write(dir.path()).unwrap();
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        let folder = dir.path().display().to_string();
+        for needle in [folder.as_str(), "schema version 1", "reads version 2", "whole piano arrangement", "prepare.target_tracks", "run `stylebridge prepare` again"] {
+            assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{needle:?} missing from: {err}");
+        }
     }
 }
