@@ -56,7 +56,7 @@ fn write_song(dir: &Path, name: &str, k: u32, bars: u32, meter: u32, bpm: f64) {
         }
         melody.push(Note { start: b * bar + tpb / 2, end: b * bar + tpb * 2, pitch: 67 + (b % 5) as u8, velocity: 90 });
     }
-    let part = |name: &str, program, notes| Instrument { name: name.into(), program, is_drum: false, notes };
+    let part = |name: &str, program, notes| Instrument { name: name.into(), program, is_drum: false, notes, control_changes: vec![] };
     let score = Score {
         ticks_per_beat: tpb,
         instruments: vec![part("MELODY", 73, melody), part("PIANO", 0, piano)],

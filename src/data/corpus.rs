@@ -522,12 +522,14 @@ fn band_parts(sheet: &LeadSheetSpec) -> [Instrument; 2] {
             program: 33,
             is_drum: false,
             notes: bass,
+            control_changes: vec![],
         },
         Instrument {
             name: "DRUMS".into(),
             program: 0,
             is_drum: true,
             notes: drums,
+            control_changes: vec![],
         },
     ]
 }
@@ -551,12 +553,14 @@ pub fn arrangement(sheet: &LeadSheetSpec, style: Style, touch: Touch, band: bool
             program: melody_program,
             is_drum: false,
             notes: sheet.melody.clone(),
+            control_changes: vec![],
         },
         Instrument {
             name: PIANO_TRACK.into(),
             program: 0,
             is_drum: false,
             notes: piano_part(sheet, style, touch, &mut rng),
+            control_changes: vec![],
         },
     ];
     if band {

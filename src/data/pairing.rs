@@ -371,7 +371,7 @@ mod tests {
 
     fn part(name: &str, program: u8, notes: &[(u32, u8)]) -> Instrument {
         let notes = notes.iter().map(|&(start, pitch)| Note { start, end: start + 240, pitch, velocity: 80 }).collect();
-        Instrument { name: name.into(), program, is_drum: false, notes }
+        Instrument { name: name.into(), program, is_drum: false, notes, control_changes: vec![] }
     }
 
     #[test]

@@ -215,7 +215,7 @@ fn target_part(score: &Score, names: &[String], file: &Path) -> Result<Score> {
         }
         notes.extend(tracks.iter().flat_map(|t| t.notes.iter().copied()));
     }
-    let piano = Instrument { name: "target".into(), program: PIANO_PROGRAM, is_drum: false, notes };
+    let piano = Instrument { name: "target".into(), program: PIANO_PROGRAM, is_drum: false, notes, control_changes: vec![] };
     Ok(Score {
         ticks_per_beat: score.ticks_per_beat,
         instruments: vec![piano],

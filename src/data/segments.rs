@@ -300,6 +300,7 @@ mod tests {
                     Note { start: 0, end: 240, pitch: 60, velocity: 90 },
                     Note { start: last_tick - 240, end: last_tick, pitch: 64, velocity: 90 },
                 ],
+                control_changes: vec![],
             }],
             tempo_changes: tempos.iter().map(|&(tick, bpm)| TempoChange { tick, bpm }).collect(),
             time_signatures: signatures

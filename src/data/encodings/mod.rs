@@ -336,7 +336,7 @@ pub fn octuples_to_score(notes: &[Octuple]) -> Score {
         if !notes.is_empty() {
             let is_drum = program == DRUM_PROGRAM;
             let gm_program = if is_drum { 0 } else { program as u8 };
-            instruments.push(Instrument { name: program.to_string(), program: gm_program, is_drum, notes });
+            instruments.push(Instrument { name: program.to_string(), program: gm_program, is_drum, notes, control_changes: Vec::new() });
         }
     }
     Score { ticks_per_beat: tpb, instruments, tempo_changes, time_signatures }
@@ -415,7 +415,7 @@ mod tests {
         let notes = (0..10).map(|b| Note { start: b * 480, end: b * 480 + 240, pitch: 60, velocity: 64 }).collect();
         let score = Score {
             ticks_per_beat: 480,
-            instruments: vec![Instrument { name: String::new(), program: 0, is_drum: false, notes }],
+            instruments: vec![Instrument { name: String::new(), program: 0, is_drum: false, notes, control_changes: vec![] }],
             tempo_changes: vec![TempoChange { tick: 0, bpm: 120.0 }],
             time_signatures: vec![
                 TimeSignature { tick: 0, numerator: 4, denominator: 4 },
@@ -455,6 +455,7 @@ mod tests {
             program: 0,
             is_drum,
             notes: vec![Note { start: 0, end: 1, pitch, velocity: 1 }],
+            control_changes: vec![],
         };
         let score = Score {
             ticks_per_beat: 96,
