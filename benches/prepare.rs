@@ -61,7 +61,7 @@ fn embedded_corpus() -> anyhow::Result<()> {
             let parts = prepare::symbolic(song, &config)?;
             let pairs = segment_pairs(&parts.target, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
             assert!(pairs.iter().map(|p| octuple_ids(&p.target).len() + remi_ids(&p.target).len()).sum::<usize>() > 0);
-            prepare::audio(song, &parts.full, rate, None)?;
+            prepare::audio(song, &parts.full, rate, None)?.print_warnings();
         }
         let seconds = start.elapsed().as_secs_f64();
         println!(
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         assert!(tokens > 0);
         pairs += segments.len();
         let start = Instant::now();
-        let samples = prepare::audio(song, &parts.full, 32_000, Some(&synth))?;
+        let samples = prepare::audio(song, &parts.full, 32_000, Some(&synth))?.print_warnings();
         render_s += start.elapsed().as_secs_f64();
         audio_seconds += samples.len() as f64 / 32_000.0;
     }

@@ -191,7 +191,7 @@ fn check_rows(out: &Path, ratios: SplitRatios, seed: u64, separator: Option<&str
                 assert_eq!(i64::from(row.codes[q * a.stored_frames() + j]), want, "{} seg {} q {q} frame {f}", row.song_id, row.segment_index);
             }
         }
-        let target = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap();
+        let target = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap().value;
         assert!(!target.is_empty() && target.iter().all(|n| n.bar < 4));
         // The target is a piano cover: every note on program 0, whatever its track played.
         assert!(target.iter().all(|n| n.program == 0), "{} seg {}: target notes off piano", row.song_id, row.segment_index);
@@ -250,7 +250,7 @@ fn prepare_a_corpus_then_load_every_row_back() {
     let out_text = Command::new(BIN).args(["inspect", "shards"]).arg(out).output().unwrap();
     let text = String::from_utf8_lossy(&out_text.stdout);
     assert!(out_text.status.success(), "{}", String::from_utf8_lossy(&out_text.stderr));
-    for needle in ["schema v2", "train", "valid", "test", "skipped songs: 1", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
+    for needle in ["schema v2", "train", "valid", "test", "skipped songs: 1", "warnings: 0", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
         assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
     }
 }
@@ -365,4 +365,66 @@ fn pop909_songs_render_and_prepare() {
             assert!(row.piano_octuple.len() % 8 == 0 && !row.piano_octuple.is_empty());
         }
     }
+}
+
+/// A prepare whose only song is bad fails, naming the song and its reason, and leaves no manifest,
+/// shard or report behind; its song cache holds no song file, so a rerun with fixed settings is
+/// not refused as "prepared with other settings".
+#[test]
+fn prepare_of_nothing_preparable_writes_nothing_that_looks_prepared() {
+    let corpus = scratch("only_bad");
+    write_song(&corpus, "zz_bad", 0, 8, 4, 120.0);
+    let bad = corpus.join("zz_bad.mid");
+    let mut score = midi::read(&bad).unwrap();
+    score.instruments.retain(|i| i.name != "PIANO");
+    midi::write(&score, &bad).unwrap();
+    let out = scratch("only_bad_out");
+    let result = prepare(&corpus, &out, 1).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    for needle in ["no song could be prepared (1 tried)", "nothing was written to", "skipped zz_bad", "no track named 'PIANO'"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+    }
+    for name in ["manifest.json", "report.txt"] {
+        assert!(!out.join(name).exists(), "{name} written although nothing was prepared");
+    }
+    assert!(!snapshot(&out).iter().any(|(name, _)| name.ends_with(".parquet")));
+    let err = format!("{:#}", PairSet::open(&out, Split::Train, 1).err().expect("no shards to open"));
+    assert!(err.contains("manifest.json"), "{err}");
+
+    // The MELODY alone is a valid target: the same folder now prepares.
+    let mut rerun = prepare(&corpus, &out, 1);
+    rerun.args(["--set", "prepare.target_tracks=[MELODY]"]);
+    run_ok(rerun);
+    assert!(Manifest::read(&out).unwrap().counts.values().map(|c| c.rows).sum::<usize>() > 0);
+}
+
+/// A song whose audio file was cut short is prepared from what is there, and the loss is in the
+/// manifest, the report and on stderr, also when a rerun reuses the song.
+#[test]
+fn truncated_audio_is_prepared_with_a_warning_in_the_report() {
+    let corpus = scratch("truncated");
+    for k in 0..2 {
+        write_song(&corpus, &format!("s{k:02}"), k, 10, 4, 120.0);
+    }
+    let wav = corpus.join("s01.wav");
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::write(&wav, &bytes[..bytes.len() * 7 / 10]).unwrap();
+    let out = scratch("truncated_out");
+    let stderr = run_ok(prepare(&corpus, &out, 1));
+    let manifest = Manifest::read(&out).unwrap();
+    assert!(manifest.skipped.is_empty(), "{:?}", manifest.skipped);
+    assert_eq!(manifest.warnings.len(), 1, "{:?}", manifest.warnings);
+    let warning = &manifest.warnings[0];
+    assert_eq!(warning.song, "s01");
+    assert!(warning.warning.contains("s01.wav: its header declares 21.00 s of audio but only 14.70 s decode"), "{}", warning.warning);
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let line = format!("warning s01: {}", warning.warning);
+    assert!(report.contains(&line) && stderr.contains(&line), "report:\n{report}\nstderr:\n{stderr}");
+    assert!(report.contains("prepared: 2 (1 with warnings)"), "{report}");
+
+    // Reused from the song cache, the song keeps its warning.
+    let again = run_ok(prepare(&corpus, &out, 1));
+    assert!(again.contains("0 songs processed, 2 reused"), "{again}");
+    assert_eq!(Manifest::read(&out).unwrap(), manifest);
 }

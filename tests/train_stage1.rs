@@ -46,7 +46,7 @@ fn write_shards(dir: &Path, train: usize, valid: usize) {
         songs.insert(split, names);
     }
     let manifest =
-        Manifest { schema_version: SCHEMA_VERSION, audio: layout, counts, songs, shards, skipped: vec![], config: serde_json::Value::Null };
+        Manifest { schema_version: SCHEMA_VERSION, audio: layout, counts, songs, shards, skipped: vec![], warnings: vec![], config: serde_json::Value::Null };
     manifest.write(dir).unwrap();
 }
 

@@ -328,7 +328,8 @@ fn collect_instruments(tracks: &[Vec<(u32, TrackEventKind)>]) -> Vec<Instrument>
 }
 
 /// Check the chunk structure before parsing, so that truncation and a wrong header get a
-/// precise message (midly's lenient mode would silently drop a truncated track).
+/// precise message (midly's lenient mode would silently drop a truncated track), and the time
+/// division, which must count ticks per beat.
 fn check_chunks(bytes: &[u8], name: &str) -> Result<(), MidiError> {
     let file = || name.to_string();
     let Some(magic) = bytes.get(..4) else {
@@ -350,6 +351,11 @@ fn check_chunks(bytes: &[u8], name: &str) -> Result<(), MidiError> {
     let declared = usize::from(u16::from_be_bytes([bytes[10], bytes[11]]));
     if declared == 0 {
         return Err(MidiError::NoTracks { file: file() });
+    }
+    // An SMPTE division is refused here: midly negates its frame rate unchecked, which
+    // overflows for -128 (found by tests/fuzz_readers.rs).
+    if bytes[12] & 0x80 != 0 {
+        return Err(MidiError::Smpte { file: file(), fps: (bytes[12] as i8).unsigned_abs(), subframes: bytes[13] });
     }
     let mut offset = 8 + header_len;
     let mut tracks = 0;
@@ -672,6 +678,8 @@ mod tests {
             (b"MThd\0\0\0\x06\0\x01\0\x01\0\x60MTrk\0\0\0\x10\0\x90", "truncated"),
             (b"MThd\0\0\0\x06\0\x01\0\0\0\x60", "no tracks"),
             (b"MThd\0\0\0\x06\0\x00\0\x01\0\0MTrk\0\0\0\x04\0\xFF\x2F\0", "PPQ) is 0"),
+            // -128 frames per second: midly would overflow negating it.
+            (b"MThd\0\0\0\x06\0\x00\0\x01\x80\x04MTrk\0\0\0\x04\0\xFF\x2F\0", "SMPTE time division (128 fps x 4)"),
             (b"MThd\0\0\0\x06\0\x00\0\x01\0\x60MTrk\0\0\0\x0b\0\xFF\x51\x03\0\0\0\0\xFF\x2F\0", "absurd tempo"),
         ];
         for (bytes, needle) in cases {

@@ -120,7 +120,7 @@ pub fn segment_pairs(target: &Score, lead: &Score, spec: SegmentSpec, first_bar:
     anyhow::ensure!(spec.hop >= 1, "segments need a hop of at least 1 bar");
     let segs = every_bar
         .into_iter()
-        .filter(|s| s.first_bar >= first_bar && (s.first_bar - first_bar) % spec.hop == 0)
+        .filter(|s| s.first_bar >= first_bar && (s.first_bar - first_bar).is_multiple_of(spec.hop))
         .enumerate()
         .map(|(index, s)| Segment { index, ..s });
     let tempo = TempoMap::new(&both);

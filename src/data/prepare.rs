@@ -4,10 +4,17 @@
 //! 1. per song, in parallel: lead sheet + target -> segments -> tokens; audio (decoded, or
 //!    rendered from the MIDI) -> EnCodec codes of the whole track, once (SPEC 2: codes of a cut
 //!    window differ at its edges) -> one code window per segment. The song's rows go to
-//!    `OUT/.work/songs/<id>.parquet`, atomically; a rerun skips songs whose file exists. A song
-//!    that fails is skipped and reported with its reason, never silently dropped.
+//!    `OUT/.work/songs/<id>.parquet`, atomically (after `<id>.warnings.json` when its audio lost
+//!    something, e.g. a truncated file); a rerun skips songs whose file exists. A song that fails
+//!    is skipped and reported with its reason, never silently dropped.
 //! 2. all song files, in song-id order, are split by song (hash of seed and id), written as
-//!    bounded shards per split (atomically), then the manifest, then stale shards are removed.
+//!    bounded shards per split (atomically), then the manifest (with the skipped songs and the
+//!    warnings), then `report.txt`, then stale shards are removed.
+//!
+//! Settings are validated before anything is written. A run that prepares no song at all fails
+//! without writing shards, a manifest or a report (so no folder looks prepared when it is not);
+//! it may leave `.work/` holding the fingerprint and no song file, which is harmless: a cache
+//! without song files is reset by the next run, whatever its settings.
 //!
 //! The target is the whole piano arrangement (SPEC 2): the tracks of `prepare.target_tracks`
 //! (POP909: MELODY, BRIDGE and PIANO, as BOSSA's `arrange_pop909.py` takes every instrument)
@@ -29,8 +36,9 @@ use crate::data::midi::{self, Instrument, Score};
 use crate::data::pairing::{octuple_ids, remi_ids, segment_pairs, WindowSpec};
 use crate::data::render::{band_programs, resolve_soundfont, SoundFontSynth};
 use crate::data::segments::{SegmentConfig, SegmentSpec};
-use crate::data::shards::{self, AudioLayout, Manifest, PairRow, SkippedSong, SplitCount};
+use crate::data::shards::{self, AudioLayout, Manifest, PairRow, SkippedSong, SongWarning, SplitCount};
 use crate::data::split::{self, Split};
+use crate::data::warned::Warned;
 use crate::models::encodec::Encodec;
 use crate::progress::Progress;
 use crate::yaml::{Problems, Validate};
@@ -40,6 +48,8 @@ const WORK_DIR: &str = ".work";
 const FINGERPRINT: &str = "fingerprint.json";
 pub const REPORT_NAME: &str = "report.txt";
 const MIN_RENDER_RATE: u32 = 16_000;
+/// Codes one row may hold: 64 x BOSSA's (608 frames x 4 codebooks).
+const MAX_ROW_CODES: usize = 64 * 608 * 4;
 /// GM program of the target: the arrangement is a piano cover.
 const PIANO_PROGRAM: u8 = 0;
 
@@ -237,8 +247,18 @@ impl EncoderPool {
     pub fn new(dir: &Path, device: Device, window: (f64, f64)) -> Result<Self> {
         let first = Encodec::load(dir, device).with_context(|| format!("cannot load the EnCodec checkpoint {}", dir.display()))?;
         let config = first.config();
+        crate::data::audio::check_sample_rate(u64::from(config.sampling_rate), &format!("the EnCodec checkpoint {}", dir.display()))?;
         let frame_rate = config.sampling_rate as f64 / config.hop_length() as f64;
         let spec = WindowSpec::from_seconds(frame_rate, window.0, window.1)?;
+        let row_codes = spec.stored_frames().saturating_mul(config.num_quantizers_used() as usize);
+        ensure!(
+            row_codes <= MAX_ROW_CODES,
+            "the EnCodec checkpoint {} gives {frame_rate} frames/s x {} codebooks: a {} s window with {} s margins is {row_codes} codes a row, more than the {MAX_ROW_CODES} a row may hold",
+            dir.display(),
+            config.num_quantizers_used(),
+            window.0,
+            window.1
+        );
         let pad_code = u16::try_from(config.codebook_size).context("codebooks larger than 65535 entries are not supported")?;
         let layout = AudioLayout {
             sample_rate: config.sampling_rate,
@@ -301,19 +321,17 @@ pub fn symbolic(song: &SongSource, config: &PrepareConfig) -> Result<SongParts> 
     }
 }
 
-/// The song's mono audio at `sample_rate`: its file, or a rendering of `score`.
-pub fn audio(song: &SongSource, score: &Score, sample_rate: u32, synth: Option<&SoundFontSynth>) -> Result<Vec<f32>> {
+/// The song's mono audio at `sample_rate`: its file (with what decoding it lost), or a
+/// rendering of `score`.
+pub fn audio(song: &SongSource, score: &Score, sample_rate: u32, synth: Option<&SoundFontSynth>) -> Result<Warned<Vec<f32>>> {
     match (&song.audio, synth) {
-        (Some(path), _) => crate::data::audio::load_mono(path, sample_rate),
+        (Some(path), _) => crate::data::audio::load(path, sample_rate),
         (None, Some(synth)) => {
             // The synthesiser runs at 16 kHz or more; tiny test codecs may want less.
             let rate = sample_rate.max(MIN_RENDER_RATE);
             let rendered = synth.render(&band_programs(score), rate)?;
-            if rate == sample_rate {
-                Ok(rendered)
-            } else {
-                crate::data::audio::resample(&rendered, rate, sample_rate)
-            }
+            let audio = if rate == sample_rate { rendered } else { crate::data::audio::resample(&rendered, rate, sample_rate)? };
+            Ok(Warned::clean(audio))
         }
         (None, None) => bail!(
             "no audio file for {} (looked for {}.{{{}}}); set prepare.render_missing_audio to render it",
@@ -324,14 +342,14 @@ pub fn audio(song: &SongSource, score: &Score, sample_rate: u32, synth: Option<&
     }
 }
 
-/// All rows of one song (split left as train; phase 2 assigns it).
-pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, synth: Option<&SoundFontSynth>) -> Result<Vec<PairRow>> {
+/// All rows of one song (split left as train; phase 2 assigns it), with what its audio lost.
+pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, synth: Option<&SoundFontSynth>) -> Result<Warned<Vec<PairRow>>> {
     let config = &settings.config;
     let parts = symbolic(song, config)?;
     let spec = SegmentSpec { bars: settings.segments.bars as usize, hop: settings.segments.hop_bars as usize };
     let pairs = segment_pairs(&parts.target, &parts.lead_sheet, spec, parts.first_bar)?;
     ensure!(!pairs.is_empty(), "no {}-bar segment has both lead-sheet and target notes", spec.bars);
-    let samples = audio(song, &parts.full, encoder.layout.sample_rate, synth)?;
+    let Warned { value: samples, warnings } = audio(song, &parts.full, encoder.layout.sample_rate, synth)?;
     let codes = encoder.encode(&samples)?;
     let layout = &encoder.layout;
     let frames = codes.len() / layout.n_q;
@@ -372,7 +390,7 @@ pub fn song_rows(song: &SongSource, settings: &Settings, encoder: &EncoderPool, 
         frames as f64 / layout.frame_rate,
         pairs[0].segment.end_seconds
     );
-    Ok(rows)
+    Ok(Warned { value: rows, warnings })
 }
 
 /// What the per-song files depend on.
@@ -391,6 +409,44 @@ struct Fingerprint<'a> {
 fn song_file(work: &Path, id: &str) -> PathBuf {
     let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     work.join("songs").join(format!("{safe}.parquet"))
+}
+
+/// The warnings of a song's rows, beside its song file (only when there are any).
+fn warnings_file(work: &Path, id: &str) -> PathBuf {
+    song_file(work, id).with_extension("warnings.json")
+}
+
+/// Write a song's file, after its warnings (so a song file never lacks them).
+fn write_song(work: &Path, id: &str, rows: &Warned<Vec<PairRow>>) -> Result<()> {
+    let warnings = warnings_file(work, id);
+    if rows.warnings.is_empty() {
+        if warnings.exists() {
+            std::fs::remove_file(&warnings).with_context(|| format!("cannot remove {}", warnings.display()))?;
+        }
+    } else {
+        crate::atomic::write(&warnings, serde_json::to_string_pretty(&rows.warnings)?.as_bytes())?;
+    }
+    crate::atomic::write(&song_file(work, id), &shards::encode_rows(&rows.value)?)
+}
+
+/// A song file's rows and warnings.
+fn read_song(work: &Path, id: &str) -> Result<Warned<Vec<PairRow>>> {
+    let path = song_file(work, id);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows = shards::decode_rows(bytes, &path.display().to_string())?;
+    let warnings_path = warnings_file(work, id);
+    let warnings = match std::fs::read_to_string(&warnings_path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is not a list of warnings", warnings_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", warnings_path.display())),
+    };
+    Ok(Warned { value: rows, warnings })
+}
+
+/// Whether the song cache holds any song file.
+fn has_song_files(work: &Path) -> bool {
+    let songs = std::fs::read_dir(work.join("songs"));
+    songs.is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))))
 }
 
 /// Remove temporary files a killed run left behind (never visible as shards: hidden names).
@@ -416,9 +472,10 @@ pub struct Summary {
 /// Prepare `songs` into `out`. `progress` counts songs.
 pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Progress) -> Result<Summary> {
     let config = &settings.config;
-    config.split.validate()?;
-    ensure!(settings.segments.bars >= 1 && settings.segments.hop_bars >= 1, "segments need at least 1 bar and a 1-bar hop");
-    ensure!(config.max_shard_mib > 0.0, "prepare.max_shard_mib must be positive");
+    let mut problems = Problems::default();
+    config.validate("prepare", &mut problems);
+    settings.segments.validate("segments", &mut problems);
+    problems.into_result()?;
     let encodec = config.encodec.as_deref().context(
         "no EnCodec checkpoint: set prepare.encodec (an HF EnCodec folder: config.json + safetensors) or pass --encodec DIR",
     )?;
@@ -445,14 +502,15 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     })?;
     let fingerprint_path = work.join(FINGERPRINT);
     match std::fs::read_to_string(&fingerprint_path) {
-        Ok(old) if old != fingerprint => bail!(
+        Ok(old) if old == fingerprint => {}
+        // A cache without song files has nothing to mix up: it takes the new settings.
+        Ok(_) if has_song_files(&work) => bail!(
             "{} was prepared with other settings ({}); delete {} to start over, or choose another output folder",
             out.display(),
             fingerprint_path.display(),
             work.display()
         ),
-        Ok(_) => {}
-        Err(_) => crate::atomic::write(&fingerprint_path, fingerprint.as_bytes())?,
+        _ => crate::atomic::write(&fingerprint_path, fingerprint.as_bytes())?,
     }
 
     // Phase 1: one file per song.
@@ -468,8 +526,7 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     let failures: Vec<SkippedSong> = pool.install(|| {
         todo.par_iter()
             .filter_map(|song| {
-                let result = song_rows(song, settings, &encoder, synth.as_ref())
-                    .and_then(|rows| crate::atomic::write(&song_file(&work, &song.id), &shards::encode_rows(&rows)?));
+                let result = song_rows(song, settings, &encoder, synth.as_ref()).and_then(|rows| write_song(&work, &song.id, &rows));
                 progress.inc(1);
                 result.err().map(|e| SkippedSong { song: song.id.clone(), reason: format!("{e:#}") })
             })
@@ -477,19 +534,22 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     });
     progress.finish();
 
-    // Phase 2: split, shard, manifest.
+    // Phase 2: split, shard, manifest; only when there is something to put in them.
     let failed: std::collections::BTreeSet<&str> = failures.iter().map(|f| f.song.as_str()).collect();
+    if songs.iter().all(|s| failed.contains(s.id.as_str())) {
+        bail!("{}", nothing_prepared(songs.len(), &failures, out));
+    }
     let mut by_split: BTreeMap<Split, Vec<PairRow>> = BTreeMap::new();
     let mut song_lists: BTreeMap<Split, Vec<String>> = Split::ALL.iter().map(|&s| (s, Vec::new())).collect();
+    let mut warnings = Vec::new();
     for song in songs.iter().filter(|s| !failed.contains(s.id.as_str())) {
-        let path = song_file(&work, &song.id);
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let Warned { value: rows, warnings: song_warnings } = read_song(&work, &song.id)?;
+        warnings.extend(song_warnings.into_iter().map(|warning| SongWarning { song: song.id.clone(), warning }));
         let group = match config.split_group_separator.as_deref() {
             Some(sep) if !sep.is_empty() => song.id.split(sep).next().unwrap_or(&song.id),
             _ => song.id.as_str(),
         };
         let split = split::assign(settings.seed, group, config.split);
-        let rows = shards::decode_rows(bytes, &path.display().to_string())?;
         song_lists.entry(split).or_default().push(song.id.clone());
         by_split.entry(split).or_default().extend(rows.into_iter().map(|r| PairRow { split, ..r }));
     }
@@ -511,6 +571,7 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
         songs: song_lists,
         shards: infos,
         skipped,
+        warnings,
         config: serde_json::json!({ "seed": settings.seed, "segments": settings.segments, "prepare": config }),
     };
     manifest.write(out)?;
@@ -519,14 +580,39 @@ pub fn run(songs: &[SongSource], settings: &Settings, out: &Path, progress: &Pro
     Ok(Summary { processed: todo.len(), reused: songs.len() - todo.len(), manifest })
 }
 
-/// Human-readable summary: counts per split and every skipped song with its reason.
+/// Human-readable summary: counts per split, every skipped song with its reason, and every
+/// warning (what a song's audio lost).
 pub fn report(manifest: &Manifest, songs: usize) -> String {
-    let mut text = format!("songs: {songs}, prepared: {}, skipped: {}\n", songs - manifest.skipped.len(), manifest.skipped.len());
+    let warned: std::collections::BTreeSet<&str> = manifest.warnings.iter().map(|w| w.song.as_str()).collect();
+    let mut text = format!(
+        "songs: {songs}, prepared: {} ({} with warnings), skipped: {}\n",
+        songs - manifest.skipped.len(),
+        warned.len(),
+        manifest.skipped.len()
+    );
     for (split, count) in &manifest.counts {
         text += &format!("{split:>5}: {} songs, {} pairs\n", count.songs, count.rows);
     }
     for s in &manifest.skipped {
         text += &format!("skipped {}: {}\n", s.song, s.reason);
+    }
+    for w in &manifest.warnings {
+        text += &format!("warning {}: {}\n", w.song, w.warning);
+    }
+    text
+}
+
+/// Why a run prepared nothing: the songs and their reasons (the first 20).
+fn nothing_prepared(songs: usize, failures: &[SkippedSong], out: &Path) -> String {
+    const LISTED: usize = 20;
+    let mut sorted: Vec<&SkippedSong> = failures.iter().collect();
+    sorted.sort_by(|a, b| a.song.cmp(&b.song));
+    let mut text = format!("no song could be prepared ({songs} tried), so nothing was written to {} (no shards, manifest or report):", out.display());
+    for s in sorted.iter().take(LISTED) {
+        text += &format!("\n  skipped {}: {}", s.song, s.reason);
+    }
+    if sorted.len() > LISTED {
+        text += &format!("\n  ... and {} more", sorted.len() - LISTED);
     }
     text
 }

@@ -4,6 +4,7 @@
 //! PIANO tracks get band-like GM programs ([`band_programs`]), which turns a POP909 song into
 //! a paired audio + MIDI example. Notes are played with their instruments' control changes, so
 //! a sustain pedal holds them past their note-off.
+use crate::data::audio::{check_sample_rate, MAX_SECONDS};
 use crate::data::midi::{Instrument, Score};
 use crate::data::segments::TempoMap;
 use anyhow::{bail, Context, Result};
@@ -146,9 +147,14 @@ impl SoundFontSynth {
         let to_sample = |tick: u32| (tempo.seconds_at(f64::from(tick)) * sample_rate as f64).round() as u64;
         let note_ends = score.instruments.iter().flat_map(|i| &i.notes).map(|n| n.end);
         let controls = score.instruments.iter().flat_map(|i| &i.control_changes).map(|c| c.tick);
-        let last_end = note_ends.chain(controls).map(to_sample).max().unwrap_or(0);
-        let total = last_end + (RELEASE_TAIL_S * sample_rate as f64) as u64;
-        let total = usize::try_from(total).context("the score is too long to render")?;
+        // Sizes come from the caller and the file: check them before allocating the output.
+        check_sample_rate(u64::from(sample_rate), "rendering")?;
+        let last_end = note_ends.chain(controls).map(|tick| tempo.seconds_at(f64::from(tick))).fold(0.0, f64::max);
+        let seconds = last_end + RELEASE_TAIL_S;
+        if seconds > MAX_SECONDS {
+            bail!("the score lasts {seconds:.0} s with its release tail, longer than the {MAX_SECONDS} s that can be rendered");
+        }
+        let total = (last_end * f64::from(sample_rate)).round() as usize + (RELEASE_TAIL_S * f64::from(sample_rate)) as usize;
 
         // GM has 15 melodic channels (9 is percussion): scores with more programs are rendered
         // in several passes, 15 programs each, and mixed.

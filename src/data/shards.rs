@@ -4,7 +4,9 @@
 //! each, are bounded in size, and are written atomically (temporary file + rename), so a reader
 //! or a killed `prepare` never sees half a shard. The manifest, written last, is the table of
 //! contents: schema version, audio layout, counts per split, the songs of each split, every
-//! shard with its row count and sha256, the songs that were skipped and why, and the config.
+//! shard with its row count and sha256, the songs that were skipped and why, what the prepared
+//! songs lost (warnings, e.g. a truncated audio file), and the config. A manifest without rows
+//! is refused: no prepared folder is empty.
 use anyhow::{bail, ensure, Context, Result};
 use arrow_array::builder::{ListBuilder, UInt16Builder};
 use arrow_array::cast::AsArray;
@@ -283,6 +285,14 @@ pub struct SkippedSong {
     pub reason: String,
 }
 
+/// Something a prepared song lost on the way (its rows are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SongWarning {
+    pub song: String,
+    pub warning: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -293,6 +303,7 @@ pub struct Manifest {
     pub songs: BTreeMap<Split, Vec<String>>,
     pub shards: Vec<ShardInfo>,
     pub skipped: Vec<SkippedSong>,
+    pub warnings: Vec<SongWarning>,
     /// The resolved `prepare` settings that produced the shards.
     pub config: serde_json::Value,
 }
@@ -308,7 +319,15 @@ impl Manifest {
             .and_then(|v| v.get("schema_version")?.as_u64())
             .with_context(|| format!("{} is not a valid manifest (no schema_version)", path.display()))?;
         check_version(dir, version)?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))
+        let manifest: Self = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
+        ensure!(
+            manifest.shards.iter().any(|s| s.rows > 0),
+            "{} lists no rows: no song of {} was prepared, so there is nothing to train or evaluate on; \
+             run `stylebridge prepare` again (its report lists why songs were skipped)",
+            path.display(),
+            dir.display()
+        );
+        Ok(manifest)
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -464,13 +483,20 @@ pub(crate) mod tests {
             audio: layout,
             counts: BTreeMap::from([(Split::Train, SplitCount { songs: 1, rows: 2 })]),
             songs: BTreeMap::from([(Split::Train, vec!["a".into()])]),
-            shards: vec![],
+            shards: vec![ShardInfo { file: "train-00000.parquet".into(), split: Split::Train, rows: 2, bytes: 10, sha256: "00".into() }],
             skipped: vec![SkippedSong { song: "b".into(), reason: "no notes".into() }],
+            warnings: vec![SongWarning { song: "a".into(), warning: "a.mp3: truncated".into() }],
             config: serde_json::json!({"seed": 1}),
         };
         manifest.write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), manifest);
         assert_eq!(manifest.audio.stored_frames(), 608);
+
+        // A manifest without rows (a prepare that prepared nothing) is refused by name.
+        let empty = Manifest { shards: vec![], ..manifest.clone() };
+        empty.write(dir.path()).unwrap();
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(err.contains("manifest.json lists no rows") && err.contains(&dir.path().display().to_string()), "{err}");
         manifest.schema_version = 99;
         manifest.write(dir.path()).unwrap();
         let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());

@@ -38,6 +38,7 @@ pub fn write_shards(dir: &Path, count: usize) {
         songs: BTreeMap::from([(Split::Train, songs)]),
         shards: infos,
         skipped: vec![],
+        warnings: vec![],
         config: serde_json::json!({}),
     }
     .write(dir)
