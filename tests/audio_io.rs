@@ -240,7 +240,12 @@ fn bad_files_fail_with_a_clear_error_naming_the_file() {
     assert!(msg.contains("empty"), "{msg}");
 
     let msg = error_of(&write("short.flac", &flac[..20]));
-    assert!(msg.contains("too short"), "{msg}");
+    assert!(msg.contains("is truncated (20 bytes): it ends before any audio could be read"), "{msg}");
+
+    // An Ogg/Vorbis file whose only audio page is cut: no audio at all, said as such.
+    let ogg = std::fs::read(fixture("tone_22050_mono.ogg")).unwrap();
+    let msg = error_of(&write("cut.ogg", &ogg[..ogg.len() * 9 / 10]));
+    assert!(msg.contains("is truncated") && msg.contains("before any audio could be read"), "{msg}");
 
     let msg = error_of(&write(
         "notes.mp3",

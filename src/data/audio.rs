@@ -47,7 +47,7 @@ pub enum AudioError {
     Open { path: String, reason: std::io::Error },
     #[error("{path} is empty (0 bytes)")]
     EmptyFile { path: String },
-    #[error("{path} is too short to be an audio file ({bytes} bytes): it ends inside its header")]
+    #[error("{path} is truncated ({bytes} bytes): it ends before any audio could be read, inside its header or first packet")]
     Truncated { path: String, bytes: u64 },
     #[error("{path} is not a supported audio file ({detail}); supported: WAV, FLAC, MP3, Ogg/Vorbis")]
     Unsupported { path: String, detail: String },
