@@ -72,6 +72,7 @@ fn open_rate(rows: &[PairRow], threads: usize) -> f64 {
         songs: BTreeMap::new(),
         shards: infos,
         skipped: vec![],
+        warnings: vec![],
         config: serde_json::json!({}),
     };
     manifest.write(dir.path()).unwrap();

@@ -48,15 +48,20 @@ fn embedded_corpus() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "corpus synth failed");
-    let config = PrepareConfig { source: SourceKind::Pairs, input: Some(dir.path().to_path_buf()), ..Default::default() };
+    let config = PrepareConfig {
+        source: SourceKind::Pairs,
+        input: Some(dir.path().to_path_buf()),
+        target_tracks: vec!["MELODY".into(), "PIANO".into()],
+        ..Default::default()
+    };
     let songs = prepare::discover(&config)?;
     for rate in [32_000, 24_000] {
         let start = Instant::now();
         for song in &songs {
             let parts = prepare::symbolic(song, &config)?;
-            let pairs = segment_pairs(&parts.piano, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
-            assert!(pairs.iter().map(|p| octuple_ids(&p.piano).len() + remi_ids(&p.piano).len()).sum::<usize>() > 0);
-            prepare::audio(song, &parts.full, rate, None)?;
+            let pairs = segment_pairs(&parts.target, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
+            assert!(pairs.iter().map(|p| octuple_ids(&p.target).len() + remi_ids(&p.target).len()).sum::<usize>() > 0);
+            prepare::audio(song, &parts.full, rate, None)?.print_warnings();
         }
         let seconds = start.elapsed().as_secs_f64();
         println!(
@@ -83,13 +88,13 @@ fn main() -> anyhow::Result<()> {
     for song in &songs {
         let start = Instant::now();
         let parts = prepare::symbolic(song, &config)?;
-        let segments = segment_pairs(&parts.piano, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
-        let tokens: usize = segments.iter().map(|p| octuple_ids(&p.lead).len() + octuple_ids(&p.piano).len() + remi_ids(&p.lead).len() + remi_ids(&p.piano).len()).sum();
+        let segments = segment_pairs(&parts.target, &parts.lead_sheet, SegmentSpec::default(), parts.first_bar)?;
+        let tokens: usize = segments.iter().map(|p| octuple_ids(&p.lead).len() + octuple_ids(&p.target).len() + remi_ids(&p.lead).len() + remi_ids(&p.target).len()).sum();
         symbolic_s += start.elapsed().as_secs_f64();
         assert!(tokens > 0);
         pairs += segments.len();
         let start = Instant::now();
-        let samples = prepare::audio(song, &parts.full, 32_000, Some(&synth))?;
+        let samples = prepare::audio(song, &parts.full, 32_000, Some(&synth))?.print_warnings();
         render_s += start.elapsed().as_secs_f64();
         audio_seconds += samples.len() as f64 / 32_000.0;
     }

@@ -2,7 +2,7 @@
 //! 32 kHz, resampling is accurate and band-limited, and bad files fail with the file's name.
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
-use stylebridge::data::audio::{load_mono, resample, write_wav};
+use stylebridge::data::audio::{load, load_mono, resample, write_wav};
 
 const SR: u32 = 32_000;
 
@@ -93,7 +93,7 @@ fn raw_wav(frames: &[Vec<f64>], rate: u32, float: bool) -> Vec<u8> {
     out.extend_from_slice(&tag.to_le_bytes());
     out.extend_from_slice(&channels.to_le_bytes());
     out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * block as u32).to_le_bytes());
+    out.extend_from_slice(&rate.wrapping_mul(u32::from(block)).to_le_bytes());
     out.extend_from_slice(&block.to_le_bytes());
     out.extend_from_slice(&bits.to_le_bytes());
     out.extend_from_slice(b"data");
@@ -213,6 +213,12 @@ fn resampling_keeps_frequency_and_amplitude_and_removes_aliases() {
     assert!(rms(middle) < 0.005, "alias energy {}", rms(middle));
 }
 
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 fn error_of(path: &Path) -> String {
     let err = load_mono(path, SR).expect_err("load_mono should fail");
     let msg = format!("{err:#}");
@@ -224,11 +230,7 @@ fn error_of(path: &Path) -> String {
 #[test]
 fn bad_files_fail_with_a_clear_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, bytes: &[u8]| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    };
+    let write = |name: &str, bytes: &[u8]| write_file(dir.path(), name, bytes);
     let flac = std::fs::read(fixture("tone_44100_stereo.flac")).unwrap();
 
     let msg = error_of(&dir.path().join("missing.wav"));
@@ -238,7 +240,12 @@ fn bad_files_fail_with_a_clear_error_naming_the_file() {
     assert!(msg.contains("empty"), "{msg}");
 
     let msg = error_of(&write("short.flac", &flac[..20]));
-    assert!(msg.contains("too short"), "{msg}");
+    assert!(msg.contains("is truncated (20 bytes): it ends before any audio could be read"), "{msg}");
+
+    // An Ogg/Vorbis file whose only audio page is cut: no audio at all, said as such.
+    let ogg = std::fs::read(fixture("tone_22050_mono.ogg")).unwrap();
+    let msg = error_of(&write("cut.ogg", &ogg[..ogg.len() * 9 / 10]));
+    assert!(msg.contains("is truncated") && msg.contains("before any audio could be read"), "{msg}");
 
     let msg = error_of(&write(
         "notes.mp3",
@@ -264,4 +271,79 @@ fn bad_files_fail_with_a_clear_error_naming_the_file() {
     let header_only = raw_wav(&[vec![0.0; 1]], 8000, false);
     let msg = error_of(&write("no_samples.wav", &header_only[..44]));
     assert!(msg.contains("no decodable audio"), "{msg}");
+}
+
+/// Sizes a header declares are checked before anything is allocated for them; each refusal
+/// names the file, the value and the limit.
+#[test]
+fn absurd_rates_channel_counts_and_lengths_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| write_file(dir.path(), name, bytes);
+    let tone: Vec<Vec<f64>> = sine(440.0, 8000, 0.1, 0.5).into_iter().map(|v| vec![v]).collect();
+    // A header claiming 4 GHz (the rest of the file is an ordinary 0.1 s tone).
+    let msg = error_of(&write("4ghz.wav", &raw_wav(&tone, 4_000_000_000, false)));
+    assert!(msg.contains("sample rate 4000000000 Hz is outside the supported 1000 ..= 768000 Hz"), "{msg}");
+    let msg = error_of(&write("500hz.wav", &raw_wav(&tone, 500, false)));
+    assert!(msg.contains("sample rate 500 Hz is outside"), "{msg}");
+    // 200 channels of 24-bit samples (the data is 40 frames of them).
+    let frames: Vec<Vec<f64>> = (0..40).map(|_| vec![0.1; 200]).collect();
+    let msg = error_of(&write("200ch.wav", &raw_wav(&frames, 8000, false)));
+    assert!(msg.contains("200 channels, outside the supported 1 ..= 32"), "{msg}");
+    // A data chunk declaring 3 hours at 8 kHz (the file holds 0.1 s).
+    let mut long = raw_wav(&tone, 8000, false);
+    let three_hours = 3 * 3600 * 8000 * 3u32; // bytes of 24-bit mono frames
+    long[40..44].copy_from_slice(&three_hours.to_le_bytes());
+    long[4..8].copy_from_slice(&(36 + three_hours).to_le_bytes());
+    let msg = error_of(&write("3h.wav", &long));
+    assert!(msg.contains("declares 10800 s of audio, longer than the supported 7200 s"), "{msg}");
+    // A float sample that is not a number, or 10^30 times full scale, is refused, not passed on.
+    for (name, value, text) in [("nan.wav", f32::NAN, "a sample at 0.001 s is NaN, not within ±1000"), ("huge.wav", 1e30, "is 1000000000000000000000000000000, not within ±1000")] {
+        let mut bad = raw_wav(&tone, 8000, true);
+        bad[44 + 4 * 10..44 + 4 * 11].copy_from_slice(&value.to_le_bytes());
+        let msg = error_of(&write(name, &bad));
+        assert!(msg.contains("corrupt") && msg.contains(text), "{msg}");
+    }
+
+    // The same limits hold for callers: a target rate, and resampling.
+    let ok = write("ok.wav", &raw_wav(&tone, 8000, false));
+    let msg = format!("{:#}", load_mono(&ok, 4_000_000_000).unwrap_err());
+    assert!(msg.contains("ok.wav") && msg.contains("sample rate 4000000000 Hz is outside"), "{msg}");
+    let msg = format!("{:#}", resample(&[0.0; 16], 44_100, 0).unwrap_err());
+    assert!(msg.contains("resampling from 44100 Hz to 0 Hz: sample rate 0 Hz is outside"), "{msg}");
+}
+
+/// A file cut short decodes to what comes before the cut, and says what was lost.
+#[test]
+fn truncated_files_decode_with_a_warning_naming_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = |name: &str, bytes: &[u8], keep: usize| {
+        let p = dir.path().join(format!("cut_{name}"));
+        std::fs::write(&p, &bytes[..keep]).unwrap();
+        p
+    };
+    // The MP3 declares no length: the last frame is cut inside, which the reader sees.
+    let mp3 = std::fs::read(fixture("tone_48000_stereo.mp3")).unwrap();
+    let loaded = load(&cut("tone.mp3", &mp3, mp3.len() / 3), SR).unwrap();
+    let seconds = loaded.value.len() as f64 / f64::from(SR);
+    assert!((0.1..0.25).contains(&seconds), "a third of the 0.53 s file decodes, got {seconds} s");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert!(w.contains("cut_tone.mp3") && w.contains("truncated"), "{w}");
+    // The WAV and FLAC headers declare their length: the warning says how much is missing.
+    let dir_wav = dir.path().join("tone.wav");
+    let x: Vec<f32> = sine(440.0, 16_000, 0.5, 0.5).into_iter().map(|v| v as f32).collect();
+    write_wav(&dir_wav, &x, 16_000).unwrap();
+    let wav = std::fs::read(&dir_wav).unwrap();
+    let loaded = load(&cut("tone.wav", &wav, 44 + 2 * 4000), 16_000).unwrap();
+    assert_eq!(loaded.value.len(), 4000);
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("cut_tone.wav: its header declares 0.50 s of audio but only 0.25 s decode; the last 0.25 s are lost"), "{:?}", loaded.warnings);
+    let flac = std::fs::read(fixture("tone_44100_stereo.flac")).unwrap();
+    let loaded = load(&cut("tone.flac", &flac, flac.len() / 2), SR).unwrap();
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("cut_tone.flac: its header declares 0.50 s"), "{:?}", loaded.warnings);
+    // Whole files load without warnings.
+    for name in ["tone_44100_stereo.flac", "tone_48000_stereo.mp3", "tone_22050_mono.ogg"] {
+        assert_eq!(load(&fixture(name), SR).unwrap().warnings, Vec::<String>::new(), "{name}");
+    }
 }

@@ -47,6 +47,7 @@ fn write_dataset(dir: &Path) -> Vec<PairRow> {
         songs: BTreeMap::from([(Split::Train, songs)]),
         shards: infos,
         skipped: vec![],
+        warnings: vec![],
         config: serde_json::json!({}),
     };
     manifest.write(dir).unwrap();
@@ -162,4 +163,22 @@ fn corrupt_shard_is_refused_with_its_name() {
     std::fs::write(&victim, b"not parquet").unwrap();
     let err = format!("{:#}", PairSet::open(dir.path(), Split::Train, 2).err().expect("a corrupt shard must be refused"));
     assert!(err.contains(&manifest.shards[2].file), "{err}");
+}
+
+/// A 0-row manifest (what a prepare that prepared nothing used to leave) is refused where shards
+/// are opened, and so is a folder of the previous schema.
+#[test]
+fn empty_and_old_manifests_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path());
+    let manifest = Manifest::read(dir.path()).unwrap();
+    let empty = Manifest { shards: vec![], counts: BTreeMap::new(), songs: BTreeMap::new(), ..manifest.clone() };
+    empty.write(dir.path()).unwrap();
+    for split in [Split::Train, Split::Valid] {
+        let err = format!("{:#}", PairSet::open(dir.path(), split, 2).err().expect("an empty manifest must be refused"));
+        assert!(err.contains("lists no rows") && err.contains(&dir.path().display().to_string()), "{err}");
+    }
+    Manifest { schema_version: 1, ..manifest }.write(dir.path()).unwrap();
+    let err = format!("{:#}", PairSet::open(dir.path(), Split::Train, 2).err().expect("a v1 manifest must be refused"));
+    assert!(err.contains("schema version 1") && err.contains("target_tracks") && err.contains("stylebridge prepare"), "{err}");
 }

@@ -125,6 +125,33 @@ fn bad_token_files_give_clear_errors() {
     }
 }
 
+/// Tokens that decode but say more than MIDI can hold (a duration past the 96 buckets, a pitch
+/// above 127, a `<pad>` inside a note) are written as far as they go, with a warning on stderr
+/// naming the file and what was lost.
+#[test]
+fn damaged_token_files_decode_with_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let note = |pitch: u32, duration: u32| vec![4, 260, 388, 517 + pitch, 773 + duration, 901 + 20, 933 + 9, 1187 + 30];
+    let ids = [vec![0; 8], note(60, 12), note(62, 120), note(200, 12), vec![2; 8]].concat();
+    let mut misaligned = note(64, 12);
+    misaligned.insert(3, 1);
+    let ids = [ids, misaligned].concat();
+    let path = write(dir.path(), "damaged.json", serde_json::to_string(&ids).unwrap().as_bytes());
+    let out = dir.path().join("out.mid");
+    let (code, _, stderr) = run(&["tokens", "decode", "--encoding", "octuple", path.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let file = path.display().to_string();
+    for what in [
+        "skipped 1 special token(s) (<s>, </s>, <pad>, <DEC>) inside notes, the first at index 43 (<pad>)",
+        "dropped 1 note(s) whose pitch is no MIDI note",
+        "shortened 1 note(s) whose duration lies past the 96 duration buckets",
+    ] {
+        assert!(stderr.contains(&format!("warning: {file}: {what}")), "{what:?} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("wrote 3 notes"), "{stderr}");
+    assert_eq!(stylebridge::data::midi::read(&out).unwrap().note_count(), 3);
+}
+
 /// 100k notes (10-note chords on every 1/12 beat, bars 0..208) encode completely.
 #[test]
 fn a_file_of_100k_notes_is_encoded() {

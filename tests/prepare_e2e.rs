@@ -56,7 +56,7 @@ fn write_song(dir: &Path, name: &str, k: u32, bars: u32, meter: u32, bpm: f64) {
         }
         melody.push(Note { start: b * bar + tpb / 2, end: b * bar + tpb * 2, pitch: 67 + (b % 5) as u8, velocity: 90 });
     }
-    let part = |name: &str, program, notes| Instrument { name: name.into(), program, is_drum: false, notes };
+    let part = |name: &str, program, notes| Instrument { name: name.into(), program, is_drum: false, notes, control_changes: vec![] };
     let score = Score {
         ticks_per_beat: tpb,
         instruments: vec![part("MELODY", 73, melody), part("PIANO", 0, piano)],
@@ -84,7 +84,7 @@ fn write_song(dir: &Path, name: &str, k: u32, bars: u32, meter: u32, bpm: f64) {
     audio::write_wav(&dir.join(format!("{name}.wav")), &samples, rate).unwrap();
 }
 
-/// Songs s00..s{n-1} (one in 3/4), and one without a piano track.
+/// Songs s00..s{n-1} (one in 3/4), and one without a PIANO track.
 fn corpus(n: u32) -> PathBuf {
     let dir = scratch("corpus");
     for k in 0..n {
@@ -122,7 +122,7 @@ fn config(dir: &Path) -> PathBuf {
     let path = dir.join("exp.yaml");
     std::fs::write(
         &path,
-        "name: e2e\nseed: 3\nprepare:\n  source: pairs\n  max_shard_mib: 0.2\n  split:\n    valid: 0.25\n    test: 0.25\n",
+        "name: e2e\nseed: 3\nprepare:\n  source: pairs\n  target_tracks: [MELODY, PIANO]\n  max_shard_mib: 0.2\n  split:\n    valid: 0.25\n    test: 0.25\n",
     )
     .unwrap();
     path
@@ -191,8 +191,10 @@ fn check_rows(out: &Path, ratios: SplitRatios, seed: u64, separator: Option<&str
                 assert_eq!(i64::from(row.codes[q * a.stored_frames() + j]), want, "{} seg {} q {q} frame {f}", row.song_id, row.segment_index);
             }
         }
-        let piano = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap();
-        assert!(!piano.is_empty() && piano.iter().all(|n| n.bar < 4));
+        let target = octuple::decode(&row.piano_octuple.iter().map(|&t| u32::from(t)).collect::<Vec<_>>()).unwrap().value;
+        assert!(!target.is_empty() && target.iter().all(|n| n.bar < 4));
+        // The target is a piano cover: every note on program 0, whatever its track played.
+        assert!(target.iter().all(|n| n.program == 0), "{} seg {}: target notes off piano", row.song_id, row.segment_index);
         assert!(!row.lead_octuple.is_empty() && !row.lead_remi.is_empty() && !row.piano_remi.is_empty());
     }
     all
@@ -215,9 +217,12 @@ fn prepare_a_corpus_then_load_every_row_back() {
 
     let rows = check_rows(out, SplitRatios { valid: 0.25, test: 0.25 }, 3, None);
     for (_, row) in &rows {
-        // Piano tokens: the source's piano notes of those 4 bars (a note per beat; s01 is in 3/4).
+        // Target tokens: the source's PIANO notes of those 4 bars (one a beat; s01 is in 3/4) and
+        // its MELODY notes (one a bar, pitches 67..=71, written on program 73).
         let beats = if row.song_id == "s01" { 3 } else { 4 };
-        assert_eq!(row.piano_octuple.len(), 8 * 4 * beats, "{} seg {}", row.song_id, row.segment_index);
+        assert_eq!(row.piano_octuple.len(), 8 * (4 * beats + 4), "{} seg {}", row.song_id, row.segment_index);
+        let melody_pitches = row.piano_octuple.chunks(8).filter(|n| (67..=71).contains(&(n[3] - octuple::FIELD_OFFSETS[3] as u16))).count();
+        assert_eq!(melody_pitches, 4, "{} seg {}: the melody is part of the target", row.song_id, row.segment_index);
         assert_eq!((row.meter_numerator, row.meter_denominator), (beats as u32, 4));
     }
     // 10..12 bars, 2-bar hop: 4 or 5 segments per song.
@@ -245,7 +250,7 @@ fn prepare_a_corpus_then_load_every_row_back() {
     let out_text = Command::new(BIN).args(["inspect", "shards"]).arg(out).output().unwrap();
     let text = String::from_utf8_lossy(&out_text.stdout);
     assert!(out_text.status.success(), "{}", String::from_utf8_lossy(&out_text.stderr));
-    for needle in ["schema v1", "train", "valid", "test", "skipped songs: 1", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
+    for needle in ["schema v2", "train", "valid", "test", "skipped songs: 1", "warnings: 0", "row 0 of train", "<3-", "OctupleMIDI", "REMI"] {
         assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
     }
 }
@@ -315,7 +320,7 @@ fn embedded_corpus_prepares_with_lead_sheets_kept_in_one_split() {
     assert!(synth.status.success(), "corpus synth failed: {}", String::from_utf8_lossy(&synth.stderr));
     let out = scratch("embedded_shards");
     let config = corpus.join("exp.yaml");
-    std::fs::write(&config, "name: emb\nseed: 1\nprepare:\n  source: pairs\n  split_group_separator: \"_\"\n  split:\n    valid: 0.3\n    test: 0.3\n").unwrap();
+    std::fs::write(&config, "name: emb\nseed: 1\nprepare:\n  source: pairs\n  target_tracks: [MELODY, PIANO]\n  split_group_separator: \"_\"\n  split:\n    valid: 0.3\n    test: 0.3\n").unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["prepare", "--config"]).arg(&config).arg("--input").arg(&corpus).arg("--encodec").arg(encodec()).arg("--out").arg(&out);
     run_ok(cmd);
@@ -360,4 +365,66 @@ fn pop909_songs_render_and_prepare() {
             assert!(row.piano_octuple.len() % 8 == 0 && !row.piano_octuple.is_empty());
         }
     }
+}
+
+/// A prepare whose only song is bad fails, naming the song and its reason, and leaves no manifest,
+/// shard or report behind; its song cache holds no song file, so a rerun with fixed settings is
+/// not refused as "prepared with other settings".
+#[test]
+fn prepare_of_nothing_preparable_writes_nothing_that_looks_prepared() {
+    let corpus = scratch("only_bad");
+    write_song(&corpus, "zz_bad", 0, 8, 4, 120.0);
+    let bad = corpus.join("zz_bad.mid");
+    let mut score = midi::read(&bad).unwrap();
+    score.instruments.retain(|i| i.name != "PIANO");
+    midi::write(&score, &bad).unwrap();
+    let out = scratch("only_bad_out");
+    let result = prepare(&corpus, &out, 1).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    for needle in ["no song could be prepared (1 tried)", "nothing was written to", "skipped zz_bad", "no track named 'PIANO'"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+    }
+    for name in ["manifest.json", "report.txt"] {
+        assert!(!out.join(name).exists(), "{name} written although nothing was prepared");
+    }
+    assert!(!snapshot(&out).iter().any(|(name, _)| name.ends_with(".parquet")));
+    let err = format!("{:#}", PairSet::open(&out, Split::Train, 1).err().expect("no shards to open"));
+    assert!(err.contains("manifest.json"), "{err}");
+
+    // The MELODY alone is a valid target: the same folder now prepares.
+    let mut rerun = prepare(&corpus, &out, 1);
+    rerun.args(["--set", "prepare.target_tracks=[MELODY]"]);
+    run_ok(rerun);
+    assert!(Manifest::read(&out).unwrap().counts.values().map(|c| c.rows).sum::<usize>() > 0);
+}
+
+/// A song whose audio file was cut short is prepared from what is there, and the loss is in the
+/// manifest, the report and on stderr, also when a rerun reuses the song.
+#[test]
+fn truncated_audio_is_prepared_with_a_warning_in_the_report() {
+    let corpus = scratch("truncated");
+    for k in 0..2 {
+        write_song(&corpus, &format!("s{k:02}"), k, 10, 4, 120.0);
+    }
+    let wav = corpus.join("s01.wav");
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::write(&wav, &bytes[..bytes.len() * 7 / 10]).unwrap();
+    let out = scratch("truncated_out");
+    let stderr = run_ok(prepare(&corpus, &out, 1));
+    let manifest = Manifest::read(&out).unwrap();
+    assert!(manifest.skipped.is_empty(), "{:?}", manifest.skipped);
+    assert_eq!(manifest.warnings.len(), 1, "{:?}", manifest.warnings);
+    let warning = &manifest.warnings[0];
+    assert_eq!(warning.song, "s01");
+    assert!(warning.warning.contains("s01.wav: its header declares 21.00 s of audio but only 14.70 s decode"), "{}", warning.warning);
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let line = format!("warning s01: {}", warning.warning);
+    assert!(report.contains(&line) && stderr.contains(&line), "report:\n{report}\nstderr:\n{stderr}");
+    assert!(report.contains("prepared: 2 (1 with warnings)"), "{report}");
+
+    // Reused from the song cache, the song keeps its warning.
+    let again = run_ok(prepare(&corpus, &out, 1));
+    assert!(again.contains("0 songs processed, 2 reused"), "{again}");
+    assert_eq!(Manifest::read(&out).unwrap(), manifest);
 }

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use stylebridge::data::audio::load_mono;
 use stylebridge::data::corpus::{drawn_touch, Manifest, Style, Touch};
 use stylebridge::data::leadsheet::read_chord_file;
-use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
+use stylebridge::data::midi::{self, ControlChange, Instrument, Note, Score, TempoChange, TimeSignature, SUSTAIN_PEDAL};
 
 fn stylebridge(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_stylebridge"))
@@ -74,12 +74,14 @@ fn render_plays_the_notes_at_their_times_and_pitch() {
                 program: 0,
                 is_drum: false,
                 notes: vec![note(0, 960, 69), note(1920, 2880, 57)],
+                control_changes: vec![],
             },
             Instrument {
                 name: "DRUMS".into(),
                 program: 0,
                 is_drum: true,
                 notes: vec![note(1920, 2000, 36)],
+                control_changes: vec![],
             },
         ],
         tempo_changes: vec![TempoChange { tick: 0, bpm: 120.0 }],
@@ -119,6 +121,45 @@ fn render_plays_the_notes_at_their_times_and_pitch() {
     // A4's 440 Hz fundamental, not 220 Hz, in the first note; A3's 220 Hz only in the second.
     assert!(tone_amplitude(first, sr, 440.0) > 5.0 * tone_amplitude(first, sr, 220.0));
     assert!(tone_amplitude(second, sr, 220.0) > 5.0 * tone_amplitude(first, sr, 220.0));
+}
+
+/// A sustain pedal written to the MIDI file holds a note past its note-off: `render` of the file
+/// keeps sounding where the same file without the pedal has gone quiet.
+#[test]
+fn a_held_pedal_sustains_a_note_past_its_note_off() {
+    let dir = tempfile::tempdir().unwrap();
+    // 120 bpm: an A4 for 0.25 s (240 ticks); the pedal goes down at 0 and up at 2 s.
+    let pedal = |tick, value| ControlChange { tick, controller: SUSTAIN_PEDAL, value };
+    let with_pedal = |control_changes: Vec<ControlChange>| Score {
+        ticks_per_beat: 480,
+        instruments: vec![Instrument {
+            name: "PIANO".into(),
+            program: 0,
+            is_drum: false,
+            notes: vec![Note { start: 0, end: 240, pitch: 69, velocity: 100 }],
+            control_changes,
+        }],
+        tempo_changes: vec![TempoChange { tick: 0, bpm: 120.0 }],
+        time_signatures: vec![],
+    };
+    let sr = 16_000;
+    let render = |name: &str, score: &Score| {
+        let (mid, wav) = (dir.path().join(format!("{name}.mid")), dir.path().join(format!("{name}.wav")));
+        midi::write(score, &mid).unwrap();
+        let (ok, text) = stylebridge(&["render", path_str(&mid), "-o", path_str(&wav), "--sample-rate", &sr.to_string()]);
+        assert!(ok, "{text}");
+        load_mono(&wav, sr).unwrap()
+    };
+    let held = render("held", &with_pedal(vec![pedal(0, 127), pedal(1920, 0)]));
+    let dry = render("dry", &with_pedal(vec![]));
+    // Through the pedal's release (2 s) plus the 1 s tail, against the note's end plus the tail.
+    assert_eq!((held.len(), dry.len()), (3 * sr as usize, 5 * sr as usize / 4));
+    let after_release = |x: &[f32]| rms(&x[(0.6 * f64::from(sr)) as usize..(1.2 * f64::from(sr)) as usize]);
+    let (sustained, released) = (after_release(&held), after_release(&dry));
+    assert!(sustained > 10.0 * released && sustained > 1e-3, "0.6-1.2 s after the onset: {sustained} with the pedal, {released} without");
+    // While the key is down both sound alike.
+    let attack = |x: &[f32]| rms(&x[..(0.2 * f64::from(sr)) as usize]);
+    assert!((attack(&held) / attack(&dry) - 1.0).abs() < 0.05, "{} vs {}", attack(&held), attack(&dry));
 }
 
 #[test]
@@ -448,12 +489,17 @@ fn pop909_song_renders_with_band_programs() {
         (program("MELODY"), program("BRIDGE"), program("PIANO")),
         (Some(65), Some(48), Some(0))
     );
+    // Its PIANO track pedals: pretty_midi 0.2.11 counts 274 sustain events in 001.mid, as here.
+    let piano = banded.instruments.iter().find(|i| i.name == "PIANO").unwrap();
+    assert_eq!(piano.control_changes.iter().filter(|c| c.controller == SUSTAIN_PEDAL).count(), 274);
     // The first 16 beats are enough to hear all three parts.
     let cut = 16 * score.ticks_per_beat;
     let mut short = banded.clone();
     for inst in &mut short.instruments {
         inst.notes.retain(|n| n.start < cut);
         inst.notes.iter_mut().for_each(|n| n.end = n.end.min(cut));
+        // POP909's PIANO tracks pedal (CC 64); the render lasts through the last control change.
+        inst.control_changes.retain(|c| c.tick < cut);
     }
     let font = stylebridge::data::render::resolve_soundfont(None).unwrap();
     let audio = stylebridge::data::render::SoundFontSynth::load(&font)
@@ -461,15 +507,10 @@ fn pop909_song_renders_with_band_programs() {
         .render(&short, 32_000)
         .unwrap();
     let tempo = stylebridge::data::segments::TempoMap::new(&short);
-    let expected = tempo.seconds_at(f64::from(
-        short
-            .instruments
-            .iter()
-            .flat_map(|i| &i.notes)
-            .map(|n| n.end)
-            .max()
-            .unwrap(),
-    )) + stylebridge::data::render::RELEASE_TAIL_S;
+    // Through the last note's end or pedal change, whichever is later, plus the release tail.
+    let note_ends = short.instruments.iter().flat_map(|i| &i.notes).map(|n| n.end);
+    let last = note_ends.chain(short.instruments.iter().flat_map(|i| &i.control_changes).map(|c| c.tick)).max().unwrap();
+    let expected = tempo.seconds_at(f64::from(last)) + stylebridge::data::render::RELEASE_TAIL_S;
     assert!((audio.len() as f64 / 32_000.0 - expected).abs() < 1e-3);
     assert!(rms(&audio) > 1e-3);
 }

@@ -68,6 +68,10 @@ pub fn shards(dir: &Path, split: Split, index: usize, notes: usize) -> Result<St
     for s in &m.skipped {
         writeln!(out, "  {}: {}", s.song, s.reason)?;
     }
+    writeln!(out, "warnings: {}", m.warnings.len())?;
+    for w in &m.warnings {
+        writeln!(out, "  {}: {}", w.song, w.warning)?;
+    }
     writeln!(out, "config:\n{}", indent(&serde_yaml_ng::to_string(&m.config)?))?;
 
     let mut seen = 0;
@@ -116,6 +120,10 @@ fn sample(out: &mut String, row: &PairRow, m: &Manifest, split: Split, index: us
     for (part, ids) in [("lead sheet", &row.lead_octuple), ("piano", &row.piano_octuple)] {
         let ids: Vec<u32> = ids.iter().map(|&t| u32::from(t)).collect();
         let decoded = octuple::decode(&ids).with_context(|| format!("the {part} tokens do not decode"))?;
+        for warning in &decoded.warnings {
+            writeln!(out, "  warning: the {part} tokens: {warning}")?;
+        }
+        let decoded = decoded.value;
         writeln!(out, "  {part} (OctupleMIDI, {} notes): bar pos program pitch dur vel ts tempo", decoded.len())?;
         for n in decoded.iter().take(notes) {
             let (num, den) = time_signature(n.time_signature).unwrap_or((0, 0));
@@ -134,7 +142,7 @@ fn sample(out: &mut String, row: &PairRow, m: &Manifest, split: Split, index: us
         }
     }
     for (part, ids) in [("lead sheet", &row.lead_remi), ("piano", &row.piano_remi)] {
-        let names: Vec<String> = ids.iter().take(notes * 6).map(|&t| remi::token_name(u32::from(t))).collect();
+        let names: Vec<String> = ids.iter().take(notes.saturating_mul(6)).map(|&t| remi::token_name(u32::from(t))).collect();
         let more = if ids.len() > names.len() { " ..." } else { "" };
         writeln!(out, "  {part} (REMI, {} tokens): {}{more}", ids.len(), names.join(" "))?;
     }

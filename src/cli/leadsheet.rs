@@ -65,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     let notes = sheet.to_score();
     midi::write(&notes, &args.output)?;
 
-    let grid = BarGrid::from_score(&notes).with_context(|| format!("bad meter in {}", args.output.display()))?;
+    let grid = BarGrid::from_score(&notes).with_context(|| format!("cannot lay the lead sheet {} on a bar grid", args.output.display()))?;
     let end_tick = notes.instruments.iter().flat_map(|i| &i.notes).map(|n| n.end).max().unwrap_or(0);
     let summary = Summary {
         output: args.output.display().to_string(),

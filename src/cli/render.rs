@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::data::audio::write_wav;
+use crate::data::audio::{check_sample_rate, write_wav};
 use crate::data::midi;
 use crate::data::render::{band_programs, resolve_soundfont, SoundFontSynth};
 
@@ -18,7 +18,7 @@ pub struct Args {
     /// pretty-midi in the project's virtualenv ($STYLEBRIDGE_VENV, set by `make`).
     #[arg(long)]
     soundfont: Option<PathBuf>,
-    /// Sample rate of the output in Hz (EnCodec-32k's rate by default).
+    /// Sample rate of the output in Hz (EnCodec-32k's rate by default; 1000 ..= 768000).
     #[arg(long, default_value_t = 32_000)]
     sample_rate: u32,
     /// Play the programs written in the file; by default POP909's MELODY, BRIDGE and PIANO
@@ -29,6 +29,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    check_sample_rate(u64::from(args.sample_rate), "--sample-rate")?;
     let score = midi::read(&args.input)?;
     let score = if args.keep_programs { score } else { band_programs(&score) };
     let font_path = resolve_soundfont(args.soundfont.as_deref())?;

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 
-use crate::data::encodings::{self, octuple, octuples_to_score, remi, score_to_octuples, Octuple};
+use crate::data::encodings::{self, octuple, octuples_to_score, remi, score_to_octuples};
 use crate::data::midi::{self, Score, TempoOrder};
+use crate::data::warned::Warned;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,8 +39,8 @@ struct EncodeArgs {
     /// Print a JSON array of ids instead of token names.
     #[arg(long)]
     json: bool,
-    /// Shift every non-drum pitch by N semitones (notes leaving 0..=127 are dropped).
-    #[arg(long, value_name = "N", default_value_t = 0, allow_hyphen_values = true)]
+    /// Shift every non-drum pitch by N semitones, -127..=127 (notes leaving 0..=127 are dropped).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-127..=127))]
     transpose: i32,
     /// Keep tempo changes in track order as miditoolkit 1.0.1 does, even when unsorted
     /// (bit-exact with the reference encoders; by default they are sorted by tick).
@@ -63,8 +64,8 @@ struct DecodeArgs {
     /// MIDI file to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Shift every non-drum pitch by N semitones before writing.
-    #[arg(long, value_name = "N", default_value_t = 0, allow_hyphen_values = true)]
+    /// Shift every non-drum pitch by N semitones (-127..=127) before writing.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-127..=127))]
     transpose: i32,
 }
 
@@ -122,11 +123,16 @@ fn decode(args: &DecodeArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("{file}: cannot read the token file"))?;
     let ids: Vec<u32> = serde_json::from_str(&text)
         .with_context(|| format!("{file}: expected a JSON array of non-negative token ids"))?;
-    let notes: Vec<Octuple> = match args.encoding {
+    let decoded = match args.encoding {
         Encoding::Octuple => octuple::decode(&ids),
-        Encoding::Remi => remi::decode(&ids),
+        Encoding::Remi => remi::decode(&ids).map(Warned::clean),
     }
     .map_err(|e| anyhow!("{file}: {e}"))?;
+    let playable = encodings::playable(decoded.value);
+    for warning in decoded.warnings.iter().chain(&playable.warnings) {
+        eprintln!("warning: {file}: {warning}");
+    }
+    let notes = playable.value;
     if notes.is_empty() {
         bail!("{file}: the tokens hold no notes (nothing to write)");
     }

@@ -32,13 +32,16 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::data::audio::write_wav;
+use crate::data::audio::{check_sample_rate, write_wav};
 use crate::data::leadsheet::{parse_chord, Chord, MELODY_TRACK};
 use crate::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
 use crate::data::pairing::KeyedRng;
 use crate::data::render::{SoundFontSynth, POP909_BAND, RELEASE_TAIL_S};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// Lead sheets one corpus may hold: every arrangement is planned (in memory) before any is
+/// written, and 10k lead sheets (up to 60k arrangements) are far more than the demo's 144.
+pub const MAX_LEAD_SHEETS: u64 = 10_000;
 pub const PIANO_TRACK: &str = "PIANO";
 const TPB: u32 = 480;
 /// Ticks per 1/12 beat, the grid the patterns are written on.
@@ -522,12 +525,14 @@ fn band_parts(sheet: &LeadSheetSpec) -> [Instrument; 2] {
             program: 33,
             is_drum: false,
             notes: bass,
+            control_changes: vec![],
         },
         Instrument {
             name: "DRUMS".into(),
             program: 0,
             is_drum: true,
             notes: drums,
+            control_changes: vec![],
         },
     ]
 }
@@ -551,12 +556,14 @@ pub fn arrangement(sheet: &LeadSheetSpec, style: Style, touch: Touch, band: bool
             program: melody_program,
             is_drum: false,
             notes: sheet.melody.clone(),
+            control_changes: vec![],
         },
         Instrument {
             name: PIANO_TRACK.into(),
             program: 0,
             is_drum: false,
             notes: piano_part(sheet, style, touch, &mut rng),
+            control_changes: vec![],
         },
     ];
     if band {
@@ -635,7 +642,8 @@ pub struct SynthOptions {
 /// Compose, arrange, render and write the corpus; returns its manifest (also written last, so
 /// a folder with a manifest is complete).
 pub fn synthesize(options: &SynthOptions, synth: &SoundFontSynth, soundfont: &Path) -> Result<Manifest> {
-    ensure!(options.songs > 0, "--songs must be at least 1");
+    ensure!((1..=MAX_LEAD_SHEETS).contains(&options.songs), "--songs must be 1 ..= {MAX_LEAD_SHEETS}, got {}", options.songs);
+    check_sample_rate(u64::from(options.sample_rate), "--sample-rate")?;
     ensure!(
         (2..=64).contains(&options.bars),
         "--bars must be between 2 and 64, got {}",

@@ -91,8 +91,8 @@ pub fn score() -> Score {
     Score {
         ticks_per_beat: TPB,
         instruments: vec![
-            Instrument { name: MELODY_TRACK.into(), program: 0, is_drum: false, notes: melody() },
-            Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes: piano() },
+            Instrument { name: MELODY_TRACK.into(), program: 0, is_drum: false, notes: melody(), control_changes: vec![] },
+            Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes: piano(), control_changes: vec![] },
         ],
         tempo_changes: vec![TempoChange { tick: 0, bpm: 96.0 }, TempoChange { tick: bar_start(RITARDANDO_BAR), bpm: 84.0 }],
         time_signatures: vec![

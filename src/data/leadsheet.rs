@@ -13,8 +13,8 @@
 //! The written MIDI has track MELODY then track CHORDS, the order `read_leadsheet` expects, plus
 //! the tempo and time-signature maps, so it plays and re-reads as the same lead sheet.
 //! How later stages lay it out (BOSSA `dataset.py`, `train_stage{1,2}.py`): the segment's notes of
-//! `to_score()` are encoded like the piano part; bars count from the segment's first bar (the
-//! earlier of lead sheet and piano); notes sort by (bar, position, program, pitch descending)
+//! `to_score()` are encoded like the target (the piano arrangement); bars count from the segment's
+//! first bar (the earlier of lead sheet and target); notes sort by (bar, position, program, pitch descending)
 //! (`pitch_order='high_to_low'`); training passes `deperf=True`, so the lead sheet's velocity and
 //! tempo tokens become `<unk>`. Stage 1: lead-sheet notes without the `<s>`/`</s>` boundary notes,
 //! then the piano's `<s>` x8 ... `</s>` x8. Stage 2 (REMI): `</s>`, attributes, `<sep>`, lead
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::data::midi::{Instrument, Note, Score, TempoChange, TimeSignature};
+use crate::data::midi::{ControlChange, Instrument, Note, Score, TempoChange, TimeSignature};
 use crate::data::segments::{TempoMap, POSITIONS_PER_BEAT};
 
 pub const MELODY_PROGRAM: u8 = 0;
@@ -324,7 +324,7 @@ impl LeadSheet {
     /// The lead sheet as notes: track MELODY (program 0) then CHORDS (program 4); an empty part is
     /// left out.
     pub fn to_score(&self) -> Score {
-        let part = |name: &str, program: u8, notes: Vec<Note>| Instrument { name: name.to_string(), program, is_drum: false, notes };
+        let part = |name: &str, program: u8, notes: Vec<Note>| Instrument { name: name.to_string(), program, is_drum: false, notes, control_changes: vec![] };
         let instruments = [part(MELODY_TRACK, MELODY_PROGRAM, self.melody.clone()), part(CHORD_TRACK, CHORD_PROGRAM, self.chord_notes())]
             .into_iter()
             .filter(|i| !i.notes.is_empty())
@@ -338,8 +338,9 @@ impl LeadSheet {
     }
 }
 
-/// All instruments named `name` (the MIDI writer may split one part over several tracks).
-fn find_tracks<'a>(score: &'a Score, name: &str) -> Result<Vec<&'a Instrument>> {
+/// All instruments named `name` (the MIDI writer may split one part over several tracks): the
+/// exact name, else the unique case-insensitive match; an error lists the tracks there are.
+pub fn find_tracks<'a>(score: &'a Score, name: &str) -> Result<Vec<&'a Instrument>> {
     let exact: Vec<&Instrument> = score.instruments.iter().filter(|i| i.name == name).collect();
     if !exact.is_empty() {
         return Ok(exact);
@@ -545,7 +546,10 @@ pub fn retime_to_beats(score: &Score, beats: &BeatAnnotation) -> Result<Score> {
                 })
                 .collect();
             notes.sort();
-            Instrument { notes, ..inst.clone() }
+            // The pedal moves with the notes it holds.
+            let control_changes =
+                inst.control_changes.iter().map(|c| ControlChange { tick: grid.tick(source_tempo.seconds_at(f64::from(c.tick))), ..*c }).collect();
+            Instrument { notes, control_changes, ..inst.clone() }
         })
         .collect();
     Ok(Score { ticks_per_beat: tpb, instruments, tempo_changes, time_signatures })
@@ -661,8 +665,8 @@ mod tests {
         Score {
             ticks_per_beat: 480,
             instruments: vec![
-                Instrument { name: "MELODY".into(), program: 0, is_drum: false, notes: vec![note(0, 480, 72), note(1440, 2400, 74)] },
-                Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes: vec![note(0, 1920, 48)] },
+                Instrument { name: "MELODY".into(), program: 0, is_drum: false, notes: vec![note(0, 480, 72), note(1440, 2400, 74)], control_changes: vec![] },
+                Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes: vec![note(0, 1920, 48)], control_changes: vec![] },
             ],
             tempo_changes: tempo.iter().map(|&(tick, bpm)| TempoChange { tick, bpm }).collect(),
             time_signatures: signatures.iter().map(|&(tick, numerator)| TimeSignature { tick, numerator, denominator: 4 }).collect(),

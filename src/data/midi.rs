@@ -11,7 +11,12 @@
 //!   channel 9 is drums; the name is the track name seen so far in that track;
 //! - tempo changes are read track after track; one at tick 0 (in any track) replaces the
 //!   whole list, a later one is appended only if its bpm differs from the last appended;
-//! - time signatures from all tracks, stably sorted by tick; a zero numerator is an error.
+//! - time signatures from all tracks, stably sorted by tick; a zero numerator is an error;
+//! - control changes (the sustain pedal, CC 64, and the others) go to the instrument of the
+//!   program current on their channel, as miditoolkit files them; those of a (program, channel,
+//!   track) that closes no note are dropped, where miditoolkit would create an instrument without
+//!   notes, so the instrument list is the one the reference encoders see. The encodings read notes
+//!   only: control changes are carried for writing and rendering (a pedal is heard).
 //!
 //! One deviation: miditoolkit leaves the tempo list in track order, so a tempo event in a
 //! later track that precedes one of an earlier track yields an unsorted list, and the
@@ -34,6 +39,17 @@ pub struct Note {
     pub velocity: u8,
 }
 
+/// MIDI controller number of the sustain (damper) pedal: a value of 64 or more holds the notes.
+pub const SUSTAIN_PEDAL: u8 = 64;
+
+/// A control change in ticks: `controller` (e.g. [`SUSTAIN_PEDAL`]) set to `value`, both 0..=127.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ControlChange {
+    pub tick: u32,
+    pub controller: u8,
+    pub value: u8,
+}
+
 /// One track/channel's notes with its General MIDI program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instrument {
@@ -41,6 +57,8 @@ pub struct Instrument {
     pub program: u8,
     pub is_drum: bool,
     pub notes: Vec<Note>,
+    /// Pedal and other controllers, in tick order (for writing and rendering; encoders ignore them).
+    pub control_changes: Vec<ControlChange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -250,10 +268,12 @@ fn absolute_ticks<'a>(
         .collect()
 }
 
-/// miditoolkit `_load_instruments`: FIFO note pairing, program at note-off.
+/// miditoolkit `_load_instruments`: FIFO note pairing, program at note-off; control changes
+/// filed under the program current at them, kept for instruments that have notes.
 fn collect_instruments(tracks: &[Vec<(u32, TrackEventKind)>]) -> Vec<Instrument> {
     let mut instruments: Vec<Instrument> = Vec::new();
     let mut index: HashMap<(u8, u8, usize), usize> = HashMap::new();
+    let mut controls: Vec<((u8, u8, usize), ControlChange)> = Vec::new();
     for (track_idx, track) in tracks.iter().enumerate() {
         let mut track_name = String::new();
         let mut program = [0u8; 16];
@@ -268,6 +288,10 @@ fn collect_instruments(tracks: &[Vec<(u32, TrackEventKind)>]) -> Vec<Instrument>
                     let channel = channel.as_int();
                     match message {
                         MidiMessage::ProgramChange { program: p } => program[usize::from(channel)] = p.as_int(),
+                        MidiMessage::Controller { controller, value } => {
+                            let key = (program[usize::from(channel)], channel, track_idx);
+                            controls.push((key, ControlChange { tick, controller: controller.as_int(), value: value.as_int() }));
+                        }
                         MidiMessage::NoteOn { key, vel } if vel.as_int() > 0 => {
                             open.entry((channel, key.as_int())).or_default().push_back((tick, vel.as_int()))
                         }
@@ -281,6 +305,7 @@ fn collect_instruments(tracks: &[Vec<(u32, TrackEventKind)>]) -> Vec<Instrument>
                                     program: prog,
                                     is_drum: channel == 9,
                                     notes: Vec::new(),
+                                    control_changes: Vec::new(),
                                 });
                                 instruments.len() - 1
                             });
@@ -293,11 +318,18 @@ fn collect_instruments(tracks: &[Vec<(u32, TrackEventKind)>]) -> Vec<Instrument>
             }
         }
     }
+    // A track's events come in tick order, and an instrument lives in one track: lists are sorted.
+    for (key, change) in controls {
+        if let Some(&slot) = index.get(&key) {
+            instruments[slot].control_changes.push(change);
+        }
+    }
     instruments
 }
 
 /// Check the chunk structure before parsing, so that truncation and a wrong header get a
-/// precise message (midly's lenient mode would silently drop a truncated track).
+/// precise message (midly's lenient mode would silently drop a truncated track), and the time
+/// division, which must count ticks per beat.
 fn check_chunks(bytes: &[u8], name: &str) -> Result<(), MidiError> {
     let file = || name.to_string();
     let Some(magic) = bytes.get(..4) else {
@@ -319,6 +351,11 @@ fn check_chunks(bytes: &[u8], name: &str) -> Result<(), MidiError> {
     let declared = usize::from(u16::from_be_bytes([bytes[10], bytes[11]]));
     if declared == 0 {
         return Err(MidiError::NoTracks { file: file() });
+    }
+    // An SMPTE division is refused here: midly negates its frame rate unchecked, which
+    // overflows for -128 (found by tests/fuzz_readers.rs).
+    if bytes[12] & 0x80 != 0 {
+        return Err(MidiError::Smpte { file: file(), fps: (bytes[12] as i8).unsigned_abs(), subframes: bytes[13] });
     }
     let mut offset = 8 + header_len;
     let mut tracks = 0;
@@ -360,12 +397,14 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// Write a score as a type-1 MIDI file (atomically), laid out as miditoolkit's `dump`:
 /// a conductor track (time signatures, tempos; 4/4 and 120 bpm at tick 0 when absent),
-/// then one track per instrument with its program at tick 0 (drums on channel 9).
+/// then one track per instrument with its program at tick 0 (drums on channel 9) and its
+/// control changes in tick order with the notes (at one tick: controllers, note-offs, note-ons).
 ///
 /// Unlike `dump`, same-pitch notes that overlap go to extra tracks of the same program,
 /// and a zero-length note's on/off stay adjacent: MIDI pairs note-ons and note-offs first
 /// in first out, so without this a reread would swap ends or drop notes. Reading the file
-/// back therefore gives the same notes, maybe spread over more instruments.
+/// back therefore gives the same notes, maybe spread over more instruments; each such track
+/// carries the instrument's control changes, so its pedal holds all its notes.
 pub fn write(score: &Score, path: &Path) -> anyhow::Result<()> {
     let file = path.display().to_string();
     let smf = to_smf(score, &file)?;
@@ -418,7 +457,19 @@ fn to_smf<'a>(score: &'a Score, name: &str) -> Result<Smf<'a>, MidiError> {
     // Channels as miditoolkit assigns them: drums on 9, others cycle over the other 15.
     let channels: Vec<u8> = (0..16).filter(|&c| c != 9).collect();
     for inst in &score.instruments {
-        for voice in split_overlapping(&inst.notes) {
+        let controls = inst
+            .control_changes
+            .iter()
+            .map(|c| match (u7::try_from(c.controller), u7::try_from(c.value)) {
+                (Some(controller), Some(value)) => Ok((c.tick, MidiMessage::Controller { controller, value })),
+                _ => Err(unwritable(format!("control change {} = {} of '{}' above 127", c.controller, c.value, inst.name))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut voices = split_overlapping(&inst.notes);
+        if voices.is_empty() && !controls.is_empty() {
+            voices.push(Vec::new()); // a pedal track without notes is still written
+        }
+        for voice in voices {
             let channel = if inst.is_drum { 9 } else { channels[(tracks.len() - 1) % channels.len()] };
             let channel = u4::from(channel);
             let program = u7::try_from(inst.program)
@@ -428,6 +479,10 @@ fn to_smf<'a>(score: &'a Score, name: &str) -> Result<Smf<'a>, MidiError> {
                 events.push((0, (0, 0, 0), TrackEventKind::Meta(MetaMessage::TrackName(inst.name.as_bytes()))));
             }
             events.push((0, (1, 0, 0), TrackEventKind::Midi { channel, message: MidiMessage::ProgramChange { program } }));
+            // Controllers after the program change and before the notes of their tick.
+            for (i, &(tick, message)) in controls.iter().enumerate() {
+                events.push((tick, (1, i + 1, 0), TrackEventKind::Midi { channel, message }));
+            }
             for (i, note) in voice.iter().enumerate() {
                 let key = u7::try_from(note.pitch)
                     .ok_or_else(|| unwritable(format!("pitch {} of '{}' above 127", note.pitch, inst.name)))?;
@@ -507,7 +562,7 @@ mod tests {
     fn score(notes: Vec<Note>) -> Score {
         Score {
             ticks_per_beat: 480,
-            instruments: vec![Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes }],
+            instruments: vec![Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes, control_changes: vec![] }],
             tempo_changes: vec![TempoChange { tick: 0, bpm: 100.0 }],
             time_signatures: vec![TimeSignature { tick: 0, numerator: 3, denominator: 4 }],
         }
@@ -623,11 +678,79 @@ mod tests {
             (b"MThd\0\0\0\x06\0\x01\0\x01\0\x60MTrk\0\0\0\x10\0\x90", "truncated"),
             (b"MThd\0\0\0\x06\0\x01\0\0\0\x60", "no tracks"),
             (b"MThd\0\0\0\x06\0\x00\0\x01\0\0MTrk\0\0\0\x04\0\xFF\x2F\0", "PPQ) is 0"),
+            // -128 frames per second: midly would overflow negating it.
+            (b"MThd\0\0\0\x06\0\x00\0\x01\x80\x04MTrk\0\0\0\x04\0\xFF\x2F\0", "SMPTE time division (128 fps x 4)"),
             (b"MThd\0\0\0\x06\0\x00\0\x01\0\x60MTrk\0\0\0\x0b\0\xFF\x51\x03\0\0\0\0\xFF\x2F\0", "absurd tempo"),
         ];
         for (bytes, needle) in cases {
             let msg = parse(bytes, "bad.mid").unwrap_err().to_string();
             assert!(msg.starts_with("bad.mid: ") && msg.contains(needle), "{msg}");
         }
+    }
+
+    #[test]
+    fn a_written_pedal_is_in_the_bytes_in_tick_order_and_reads_back() {
+        let pedal = |tick, value| ControlChange { tick, controller: SUSTAIN_PEDAL, value };
+        let mut s = score(vec![Note { start: 0, end: 240, pitch: 60, velocity: 80 }, Note { start: 480, end: 720, pitch: 62, velocity: 80 }]);
+        s.instruments[0].control_changes = vec![pedal(0, 127), pedal(480, 0), pedal(480, 127), pedal(960, 0)];
+        let bytes = to_bytes(&s, "pedal.mid").unwrap();
+
+        // The instrument's track as midly reads it: (tick, event) in file order.
+        let smf = Smf::parse(&bytes).unwrap();
+        let mut tick = 0;
+        let events: Vec<(u32, String)> = smf.tracks[1]
+            .iter()
+            .filter_map(|e| {
+                tick += e.delta.as_int();
+                match e.kind {
+                    TrackEventKind::Midi { message: MidiMessage::Controller { controller, value }, .. } => {
+                        Some((tick, format!("cc{}={}", controller.as_int(), value.as_int())))
+                    }
+                    TrackEventKind::Midi { message: MidiMessage::NoteOn { key, .. }, .. } => Some((tick, format!("on{}", key.as_int()))),
+                    TrackEventKind::Midi { message: MidiMessage::NoteOff { key, .. }, .. } => Some((tick, format!("off{}", key.as_int()))),
+                    _ => None,
+                }
+            })
+            .collect();
+        let expected = [(0, "cc64=127"), (0, "on60"), (240, "off60"), (480, "cc64=0"), (480, "cc64=127"), (480, "on62"), (720, "off62"), (960, "cc64=0")];
+        assert_eq!(events, expected.map(|(t, e)| (t, e.to_string())));
+
+        // Read back: the same pedal on the same instrument, the notes untouched.
+        let back = parse(&bytes, "pedal.mid").unwrap();
+        assert_eq!(back.instruments.len(), 1);
+        assert_eq!(back.instruments[0].control_changes, s.instruments[0].control_changes);
+        assert_eq!(sorted_notes(&back), sorted_notes(&s));
+
+        // Overlapping same-pitch notes go to two tracks (channels): each carries the pedal.
+        let mut two = score(vec![Note { start: 0, end: 480, pitch: 60, velocity: 80 }, Note { start: 240, end: 720, pitch: 60, velocity: 80 }]);
+        two.instruments[0].control_changes = vec![pedal(0, 127)];
+        let back = parse(&to_bytes(&two, "two.mid").unwrap(), "two.mid").unwrap();
+        assert_eq!(back.instruments.len(), 2);
+        assert!(back.instruments.iter().all(|i| i.control_changes == [pedal(0, 127)]));
+
+        let mut bad = score(vec![]);
+        bad.instruments[0].control_changes = vec![ControlChange { tick: 0, controller: 200, value: 0 }];
+        assert!(to_bytes(&bad, "bad.mid").unwrap_err().to_string().contains("control change 200"));
+    }
+
+    /// Control changes are filed under the program current at them; those of a channel that
+    /// closes no note create no instrument, so the instruments (and the encodings) stay as they were.
+    #[test]
+    fn control_changes_follow_the_program_and_never_add_instruments() {
+        let mut t: Vec<u8> = Vec::new();
+        t.extend([0x00, 0xB0, 64, 127]); // pedal down, program 0
+        t.extend([0x00, 0x90, 60, 100]);
+        t.extend([0x10, 0x80, 60, 0]); // note closes at 16 under program 0
+        t.extend([0x00, 0xC0, 5]); // program 5
+        t.extend([0x10, 0xB0, 64, 0]); // pedal up at 32 under program 5: no program-5 note
+        t.extend([0x00, 0xB1, 7, 90]); // volume on channel 1: no notes there
+        t.extend([0x00, 0xFF, 0x2F, 0x00]);
+        let mut bytes = b"MThd\0\0\0\x06\0\x00\0\x01\0\x60MTrk".to_vec();
+        bytes.extend((t.len() as u32).to_be_bytes());
+        bytes.extend(t);
+        let s = parse(&bytes, "cc.mid").unwrap();
+        assert_eq!(s.instruments.len(), 1);
+        assert_eq!(s.instruments[0].program, 0);
+        assert_eq!(s.instruments[0].control_changes, [ControlChange { tick: 0, controller: 64, value: 127 }]);
     }
 }

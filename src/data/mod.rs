@@ -12,3 +12,4 @@ pub mod shards;
 pub mod split;
 pub mod loader;
 pub mod prepare;
+pub mod warned;

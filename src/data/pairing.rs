@@ -9,7 +9,7 @@
 //!
 //! Augmentations drawn fresh each epoch, keyed by (seed, epoch, row) so that they do not depend
 //! on thread timing: the shift (uniform integer frames in [-margin, margin]) and a transposition
-//! (BOSSA `np.random.randint(-6, 6)`: -6..=5, i.e. all 12 keys) applied to lead sheet and piano
+//! (BOSSA `np.random.randint(-6, 6)`: -6..=5, i.e. all 12 keys) applied to lead sheet and target
 //! alike, drums excepted. A transposed pitch that would leave 0..=127 moves an octave back
 //! towards the range instead (BOSSA would emit an out-of-range token).
 use anyhow::{Context, Result};
@@ -102,45 +102,47 @@ pub struct SegmentPair {
     pub meter: (u32, u32),
     pub tempo_bpm: f64,
     pub lead: Vec<Octuple>,
-    pub piano: Vec<Octuple>,
+    /// The piano arrangement's notes.
+    pub target: Vec<Octuple>,
 }
 
-/// Cut piano and lead sheet (on one timeline) into segments, as BOSSA's dataset does: windows
-/// start at `first_bar` (BOSSA's bar 0: a POP909 song's first annotated downbeat) and every
-/// `spec.hop` bars after it; notes by bar index of the OctupleMIDI grid, segments missing either
-/// part dropped, bars offset by the earlier part's first bar, notes sorted high pitch first
-/// within (bar, position, program) (`pitch_order='high_to_low'`, BOSSA's training setting).
-pub fn segment_pairs(piano: &Score, lead: &Score, spec: SegmentSpec, first_bar: usize) -> Result<Vec<SegmentPair>> {
-    let mut both = piano.clone();
+/// Cut the target (the piano arrangement) and the lead sheet (on one timeline) into segments, as
+/// BOSSA's dataset does: windows start at `first_bar` (BOSSA's bar 0: a POP909 song's first
+/// annotated downbeat) and every `spec.hop` bars after it; notes by bar index of the OctupleMIDI
+/// grid, segments missing either part dropped, bars offset by the earlier part's first bar, notes
+/// sorted high pitch first within (bar, position, program) (`pitch_order='high_to_low'`, BOSSA's
+/// training setting).
+pub fn segment_pairs(target: &Score, lead: &Score, spec: SegmentSpec, first_bar: usize) -> Result<Vec<SegmentPair>> {
+    let mut both = target.clone();
     both.instruments.extend(lead.instruments.iter().cloned());
     // Every window of `spec.bars` bars, then those in phase with `first_bar`, numbered from 0.
     let (grid, every_bar) = segments(&both, SegmentSpec { hop: 1, ..spec }).context("cannot build the bar grid")?;
     anyhow::ensure!(spec.hop >= 1, "segments need a hop of at least 1 bar");
     let segs = every_bar
         .into_iter()
-        .filter(|s| s.first_bar >= first_bar && (s.first_bar - first_bar) % spec.hop == 0)
+        .filter(|s| s.first_bar >= first_bar && (s.first_bar - first_bar).is_multiple_of(spec.hop))
         .enumerate()
         .map(|(index, s)| Segment { index, ..s });
     let tempo = TempoMap::new(&both);
-    let piano_notes = score_to_octuples(piano).context("cannot encode the piano part")?;
+    let target_notes = score_to_octuples(target).context("cannot encode the target")?;
     let lead_notes = score_to_octuples(lead).context("cannot encode the lead sheet")?;
     let in_bars = |notes: &[Octuple], seg: &Segment| -> Vec<Octuple> {
         notes.iter().filter(|n| (seg.first_bar..seg.end_bar).contains(&(n.bar as usize))).copied().collect()
     };
     let mut pairs = Vec::new();
     for seg in segs {
-        let (mut lead, mut piano) = (in_bars(&lead_notes, &seg), in_bars(&piano_notes, &seg));
-        let Some(offset) = lead.iter().chain(&piano).map(|n| n.bar).min() else { continue };
-        if lead.is_empty() || piano.is_empty() {
+        let (mut lead, mut target) = (in_bars(&lead_notes, &seg), in_bars(&target_notes, &seg));
+        let Some(offset) = lead.iter().chain(&target).map(|n| n.bar).min() else { continue };
+        if lead.is_empty() || target.is_empty() {
             continue;
         }
-        for notes in [&mut lead, &mut piano] {
+        for notes in [&mut lead, &mut target] {
             notes.iter_mut().for_each(|n| n.bar -= offset);
             notes.sort_by_key(|n| (n.bar, n.position, n.program, Reverse(n.pitch)));
         }
         let bar = grid.bars[seg.first_bar];
         let tempo_bpm = tempo.bpm_at(f64::from(seg.start_tick), both.ticks_per_beat);
-        pairs.push(SegmentPair { meter: (bar.numerator, bar.denominator), tempo_bpm, lead, piano, segment: seg });
+        pairs.push(SegmentPair { meter: (bar.numerator, bar.denominator), tempo_bpm, lead, target, segment: seg });
     }
     Ok(pairs)
 }
@@ -369,7 +371,7 @@ mod tests {
 
     fn part(name: &str, program: u8, notes: &[(u32, u8)]) -> Instrument {
         let notes = notes.iter().map(|&(start, pitch)| Note { start, end: start + 240, pitch, velocity: 80 }).collect();
-        Instrument { name: name.into(), program, is_drum: false, notes }
+        Instrument { name: name.into(), program, is_drum: false, notes, control_changes: vec![] }
     }
 
     #[test]
@@ -401,9 +403,9 @@ mod tests {
         // Piano starts in bar 0, so lead sheet bars count from 0 too: lead bars 1, 2, 3.
         assert_eq!(first.lead.iter().map(|n| n.bar).collect::<Vec<_>>(), [1, 2, 3]);
         // High pitch first within an onset.
-        assert_eq!(first.piano.iter().map(|n| n.pitch).take(2).collect::<Vec<_>>(), [64, 60]);
+        assert_eq!(first.target.iter().map(|n| n.pitch).take(2).collect::<Vec<_>>(), [64, 60]);
         // Segment at bar 4: lead in bars 4..8, piano only in 6, 7: offset 4.
-        assert_eq!(pairs[2].piano.iter().map(|n| n.bar).collect::<Vec<_>>(), [2, 2, 3, 3]);
+        assert_eq!(pairs[2].target.iter().map(|n| n.bar).collect::<Vec<_>>(), [2, 2, 3, 3]);
         assert_eq!(pairs[2].lead.iter().map(|n| n.bar).collect::<Vec<_>>(), [0, 1, 2, 3]);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! POP909's audio is not public, so its songs are rendered (SPEC 2): the MELODY, BRIDGE and
 //! PIANO tracks get band-like GM programs ([`band_programs`]), which turns a POP909 song into
-//! a paired audio + MIDI example. A [`Score`] holds notes and programs only (no pedal or
-//! controllers), so that is what is rendered.
+//! a paired audio + MIDI example. Notes are played with their instruments' control changes, so
+//! a sustain pedal holds them past their note-off.
+use crate::data::audio::{check_sample_rate, MAX_SECONDS};
 use crate::data::midi::{Instrument, Score};
 use crate::data::segments::TempoMap;
 use anyhow::{bail, Context, Result};
@@ -95,15 +96,24 @@ pub struct SoundFontSynth {
     font: Arc<SoundFont>,
 }
 
-/// One note-on or note-off at a sample position. Offs sort before ons at the same sample so
-/// a repeated key re-attacks instead of being cut by the previous note's release.
+/// What an event does. At one sample they run in this order: controllers (a pedal pressed as a
+/// note ends holds it, as the MIDI writer orders them), note-offs (so a repeated key re-attacks
+/// instead of being cut by the previous note's release), note-ons.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Control,
+    NoteOff,
+    NoteOn,
+}
+
+/// One MIDI event at a sample position: a control change (`data` = controller, value) or a
+/// note-off / note-on (`data` = key, velocity).
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Event {
     sample: u64,
-    on: bool,
+    action: Action,
     channel: i32,
-    key: i32,
-    velocity: i32,
+    data: (i32, i32),
 }
 
 impl SoundFontSynth {
@@ -128,20 +138,23 @@ impl SoundFontSynth {
     }
 
     /// Render `score` with the programs it holds to mono audio at `sample_rate` Hz, through
-    /// the last note's end plus [`RELEASE_TAIL_S`]. The stereo output is averaged; if the mix
-    /// would clip, it is scaled down to a 0.99 peak.
+    /// the last note's end (or the last control change, such as a pedal release) plus
+    /// [`RELEASE_TAIL_S`]. Control changes act on their instrument's channel, which the other
+    /// instruments of its program share. The stereo output is averaged; if the mix would clip,
+    /// it is scaled down to a 0.99 peak.
     pub fn render(&self, score: &Score, sample_rate: u32) -> Result<Vec<f32>> {
         let tempo = TempoMap::new(score);
         let to_sample = |tick: u32| (tempo.seconds_at(f64::from(tick)) * sample_rate as f64).round() as u64;
-        let last_end = score
-            .instruments
-            .iter()
-            .flat_map(|i| &i.notes)
-            .map(|n| to_sample(n.end))
-            .max()
-            .unwrap_or(0);
-        let total = last_end + (RELEASE_TAIL_S * sample_rate as f64) as u64;
-        let total = usize::try_from(total).context("the score is too long to render")?;
+        let note_ends = score.instruments.iter().flat_map(|i| &i.notes).map(|n| n.end);
+        let controls = score.instruments.iter().flat_map(|i| &i.control_changes).map(|c| c.tick);
+        // Sizes come from the caller and the file: check them before allocating the output.
+        check_sample_rate(u64::from(sample_rate), "rendering")?;
+        let last_end = note_ends.chain(controls).map(|tick| tempo.seconds_at(f64::from(tick))).fold(0.0, f64::max);
+        let seconds = last_end + RELEASE_TAIL_S;
+        if seconds > MAX_SECONDS {
+            bail!("the score lasts {seconds:.0} s with its release tail, longer than the {MAX_SECONDS} s that can be rendered");
+        }
+        let total = (last_end * f64::from(sample_rate)).round() as usize + (RELEASE_TAIL_S * f64::from(sample_rate)) as usize;
 
         // GM has 15 melodic channels (9 is percussion): scores with more programs are rendered
         // in several passes, 15 programs each, and mixed.
@@ -184,26 +197,18 @@ impl SoundFontSynth {
                 if inst.is_drum {
                     synth.process_midi_message(9, 0xC0, inst.program as i32, 0);
                 }
+                for c in &inst.control_changes {
+                    let data = (i32::from(c.controller), i32::from(c.value));
+                    events.push(Event { sample: to_sample(c.tick), action: Action::Control, channel, data });
+                }
                 for note in inst
                     .notes
                     .iter()
                     .filter(|n| n.end > n.start && n.pitch < 128 && n.velocity > 0)
                 {
                     let (key, velocity) = (note.pitch as i32, note.velocity.min(127) as i32);
-                    events.push(Event {
-                        sample: to_sample(note.start),
-                        on: true,
-                        channel,
-                        key,
-                        velocity,
-                    });
-                    events.push(Event {
-                        sample: to_sample(note.end),
-                        on: false,
-                        channel,
-                        key,
-                        velocity: 0,
-                    });
+                    events.push(Event { sample: to_sample(note.start), action: Action::NoteOn, channel, data: (key, velocity) });
+                    events.push(Event { sample: to_sample(note.end), action: Action::NoteOff, channel, data: (key, 0) });
                 }
             }
             events.sort();
@@ -215,10 +220,11 @@ impl SoundFontSynth {
                     synth.render(&mut left[cursor..at], &mut right[cursor..at]);
                     cursor = at;
                 }
-                if event.on {
-                    synth.note_on(event.channel, event.key, event.velocity);
-                } else {
-                    synth.note_off(event.channel, event.key);
+                let (data1, data2) = event.data;
+                match event.action {
+                    Action::Control => synth.process_midi_message(event.channel, 0xB0, data1, data2),
+                    Action::NoteOff => synth.note_off(event.channel, data1),
+                    Action::NoteOn => synth.note_on(event.channel, data1, data2),
                 }
             }
             synth.render(&mut left[cursor..], &mut right[cursor..]);
@@ -252,6 +258,7 @@ mod tests {
                 pitch: 60,
                 velocity: 80,
             }],
+            control_changes: vec![],
         };
         let s = Score {
             ticks_per_beat: 480,

@@ -23,6 +23,9 @@ use crate::yaml::{Problems, Validate};
 pub const POSITIONS_PER_BEAT: u32 = 12;
 /// OctupleMIDI time signatures: denominators 1..=2^6, numerator at most 2 x denominator.
 const MAX_TS_DENOMINATOR: u32 = 64;
+/// Bars a grid may hold: far beyond any song (100k bars of 4/4 at 120 bpm last 55 hours), and a
+/// bound on what a file's last tick can make the grid (and the `segments` listing) allocate.
+pub const MAX_BARS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
@@ -30,8 +33,10 @@ pub enum GridError {
     UnsupportedTimeSignature { numerator: u32, denominator: u32, tick: u32 },
     #[error("time signature {numerator}/{denominator} at tick {tick} gives bars shorter than 1/12 beat")]
     BarTooShort { numerator: u32, denominator: u32, tick: u32 },
-    #[error("segments need at least 1 bar and a hop of at least 1 bar (got {bars} bars, hop {hop})")]
+    #[error("segments need 1 ..= {MAX_BARS} bars and a hop of 1 ..= {MAX_BARS} bars (got {bars} bars, hop {hop})")]
     BadSegmentSpec { bars: usize, hop: usize },
+    #[error("the notes reach tick {tick} (position {end_pos}), which takes more than {MAX_BARS} bars, the most a grid holds")]
+    TooManyBars { tick: u32, end_pos: u32 },
 }
 
 /// Tick to 1/12-beat position with Python's `round(tick * 12 / tpb)` (ties to even).
@@ -157,6 +162,9 @@ impl BarGrid {
         let mut bars = Vec::new();
         let mut pos = 0u32;
         while pos < end_pos {
+            if bars.len() == MAX_BARS {
+                return Err(GridError::TooManyBars { tick: pos_to_tick(end_pos, tpb), end_pos });
+            }
             let ((n, d), origin) = signature_at(pos).unwrap_or(((4, 4), None));
             let length = n * 4 * POSITIONS_PER_BEAT / d;
             if length == 0 {
@@ -248,7 +256,7 @@ pub struct Segment {
 /// Cut a score into segments. As in BOSSA `dataset.py`, only whole segments are listed: a window
 /// starts every `hop` bars from bar 0 while all its `bars` bars lie inside the grid.
 pub fn segments(score: &Score, spec: SegmentSpec) -> Result<(BarGrid, Vec<Segment>), GridError> {
-    if spec.bars == 0 || spec.hop == 0 {
+    if !(1..=MAX_BARS).contains(&spec.bars) || !(1..=MAX_BARS).contains(&spec.hop) {
         return Err(GridError::BadSegmentSpec { bars: spec.bars, hop: spec.hop });
     }
     let grid = BarGrid::from_score(score)?;
@@ -300,6 +308,7 @@ mod tests {
                     Note { start: 0, end: 240, pitch: 60, velocity: 90 },
                     Note { start: last_tick - 240, end: last_tick, pitch: 64, velocity: 90 },
                 ],
+                control_changes: vec![],
             }],
             tempo_changes: tempos.iter().map(|&(tick, bpm)| TempoChange { tick, bpm }).collect(),
             time_signatures: signatures

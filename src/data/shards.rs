@@ -4,7 +4,9 @@
 //! each, are bounded in size, and are written atomically (temporary file + rename), so a reader
 //! or a killed `prepare` never sees half a shard. The manifest, written last, is the table of
 //! contents: schema version, audio layout, counts per split, the songs of each split, every
-//! shard with its row count and sha256, the songs that were skipped and why, and the config.
+//! shard with its row count and sha256, the songs that were skipped and why, what the prepared
+//! songs lost (warnings, e.g. a truncated audio file), and the config. A manifest without rows
+//! is refused: no prepared folder is empty.
 use anyhow::{bail, ensure, Context, Result};
 use arrow_array::builder::{ListBuilder, UInt16Builder};
 use arrow_array::cast::AsArray;
@@ -23,14 +25,22 @@ use std::sync::Arc;
 
 use crate::data::split::Split;
 
-/// Bump when the row layout or its meaning changes; readers refuse other versions.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bump when the row layout or its meaning changes (and say why in [`SCHEMA_CHANGES`]); readers
+/// refuse other versions.
+pub const SCHEMA_VERSION: u32 = 2;
+/// What each version changed, so that refusing an older folder can say why it no longer fits.
+const SCHEMA_CHANGES: [(u32, &str); 1] = [(
+    2,
+    "the target (piano_octuple, piano_remi) is the whole piano arrangement, the tracks of \
+     `prepare.target_tracks` merged and played on piano, where version 1 held the PIANO track alone",
+)];
 pub const MANIFEST_NAME: &str = "manifest.json";
 const ROW_GROUP_ROWS: usize = 256;
 
 /// One training pair. Token lists hold the segment's notes only (no `<s>`/`</s>` boundary
-/// notes); bars count from the segment's first note (lead sheet or piano), as BOSSA's collate
-/// does, and notes sort by (bar, position, program, pitch high to low).
+/// notes); bars count from the segment's first note (lead sheet or target), as BOSSA's collate
+/// does, and notes sort by (bar, position, program, pitch high to low). The `piano_*` lists are
+/// the target: the whole piano arrangement (`prepare.target_tracks` merged, all program 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRow {
     pub song_id: String,
@@ -275,6 +285,14 @@ pub struct SkippedSong {
     pub reason: String,
 }
 
+/// Something a prepared song lost on the way (its rows are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SongWarning {
+    pub song: String,
+    pub warning: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -285,6 +303,7 @@ pub struct Manifest {
     pub songs: BTreeMap<Split, Vec<String>>,
     pub shards: Vec<ShardInfo>,
     pub skipped: Vec<SkippedSong>,
+    pub warnings: Vec<SongWarning>,
     /// The resolved `prepare` settings that produced the shards.
     pub config: serde_json::Value,
 }
@@ -294,12 +313,19 @@ impl Manifest {
         let path = dir.join(MANIFEST_NAME);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (is {} a prepared shard folder?)", path.display(), dir.display()))?;
+        // The version first: an older manifest may not even parse as this one.
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("schema_version")?.as_u64())
+            .with_context(|| format!("{} is not a valid manifest (no schema_version)", path.display()))?;
+        check_version(dir, version)?;
         let manifest: Self = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
         ensure!(
-            manifest.schema_version == SCHEMA_VERSION,
-            "{} has schema version {}, this build reads version {SCHEMA_VERSION}; run `stylebridge prepare` again",
+            manifest.shards.iter().any(|s| s.rows > 0),
+            "{} lists no rows: no song of {} was prepared, so there is nothing to train or evaluate on; \
+             run `stylebridge prepare` again (its report lists why songs were skipped)",
             path.display(),
-            manifest.schema_version
+            dir.display()
         );
         Ok(manifest)
     }
@@ -312,6 +338,28 @@ impl Manifest {
     pub fn shards_of(&self, split: Split) -> impl Iterator<Item = &ShardInfo> {
         self.shards.iter().filter(move |s| s.split == split)
     }
+}
+
+/// Refuse shards of another schema version, saying what changed since.
+fn check_version(dir: &Path, version: u64) -> Result<()> {
+    let current = u64::from(SCHEMA_VERSION);
+    if version > current {
+        bail!(
+            "{} holds shards of schema version {version}, written by a newer stylebridge; this build reads version {current}. \
+             Use that build, or run `stylebridge prepare` again with this one",
+            dir.display()
+        );
+    }
+    if version < current {
+        let changes: Vec<&str> = SCHEMA_CHANGES.iter().filter(|(v, _)| u64::from(*v) > version).map(|(_, why)| *why).collect();
+        bail!(
+            "{} holds shards of schema version {version}; this build reads version {current}, and since then {}. \
+             Run `stylebridge prepare` again to rebuild them (into a new folder, or into this one after deleting it)",
+            dir.display(),
+            changes.join("; ")
+        );
+    }
+    Ok(())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -435,16 +483,31 @@ pub(crate) mod tests {
             audio: layout,
             counts: BTreeMap::from([(Split::Train, SplitCount { songs: 1, rows: 2 })]),
             songs: BTreeMap::from([(Split::Train, vec!["a".into()])]),
-            shards: vec![],
+            shards: vec![ShardInfo { file: "train-00000.parquet".into(), split: Split::Train, rows: 2, bytes: 10, sha256: "00".into() }],
             skipped: vec![SkippedSong { song: "b".into(), reason: "no notes".into() }],
+            warnings: vec![SongWarning { song: "a".into(), warning: "a.mp3: truncated".into() }],
             config: serde_json::json!({"seed": 1}),
         };
         manifest.write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), manifest);
         assert_eq!(manifest.audio.stored_frames(), 608);
+
+        // A manifest without rows (a prepare that prepared nothing) is refused by name.
+        let empty = Manifest { shards: vec![], ..manifest.clone() };
+        empty.write(dir.path()).unwrap();
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(err.contains("manifest.json lists no rows") && err.contains(&dir.path().display().to_string()), "{err}");
         manifest.schema_version = 99;
         manifest.write(dir.path()).unwrap();
         let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
-        assert!(err.contains("schema version 99"), "{err}");
+        assert!(err.contains("schema version 99") && err.contains("newer stylebridge"), "{err}");
+        // A version-1 manifest (before target_tracks) is refused with the reason and the remedy.
+        manifest.schema_version = 1;
+        manifest.write(dir.path()).unwrap();
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        let folder = dir.path().display().to_string();
+        for needle in [folder.as_str(), "schema version 1", "reads version 2", "whole piano arrangement", "prepare.target_tracks", "run `stylebridge prepare` again"] {
+            assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{needle:?} missing from: {err}");
+        }
     }
 }

@@ -18,6 +18,6 @@ pub fn write(dir: &Path, layout: AudioLayout, splits: &[(Split, Vec<PairRow>)]) 
         counts.insert(*split, SplitCount { songs: names.len(), rows: rows.len() });
         songs.insert(*split, names);
     }
-    let manifest = Manifest { schema_version: shards::SCHEMA_VERSION, audio: layout, counts, songs, shards: infos, skipped: vec![], config: serde_json::json!({}) };
+    let manifest = Manifest { schema_version: shards::SCHEMA_VERSION, audio: layout, counts, songs, shards: infos, skipped: vec![], warnings: vec![], config: serde_json::json!({}) };
     manifest.write(dir).unwrap();
 }

@@ -9,6 +9,7 @@ pub mod octuple;
 pub mod remi;
 
 use crate::data::midi::{Instrument, Note, Score, TempoChange, TimeSignature, DEFAULT_BPM};
+use crate::data::warned::Warned;
 
 /// Onset positions per quarter note.
 pub const POS_RESOLUTION: u32 = 12;
@@ -246,6 +247,41 @@ fn span<T>(i: usize, list: &[T], pos: impl Fn(&T) -> u64, max_pos: usize) -> (us
     (from, to)
 }
 
+/// Decoded notes as MIDI can play them, with what that loses. Tokens from a model or a hand may
+/// hold values the encoder never writes: a non-drum pitch above 127, or a drum pitch below 128,
+/// is no MIDI note, so the note is dropped; a duration past the [`DURATION_BUCKETS`] buckets (the
+/// dictionaries have room for 128) becomes the longest; a position past its bar's length makes
+/// the note sound in a later bar. [`octuples_to_score`] would clamp the first two silently, so
+/// decoders of outside tokens run this first.
+pub fn playable(notes: Vec<Octuple>) -> Warned<Vec<Octuple>> {
+    let (mut pitchless, mut too_long, mut late) = (0usize, 0usize, 0usize);
+    let kept = notes
+        .into_iter()
+        .filter_map(|mut n| {
+            let midi_pitch = if n.program == DRUM_PROGRAM { n.pitch.checked_sub(128) } else { Some(n.pitch) };
+            if midi_pitch.is_none_or(|p| p > 127) {
+                pitchless += 1;
+                return None;
+            }
+            if n.duration >= DURATION_BUCKETS {
+                too_long += 1;
+                n.duration = DURATION_BUCKETS - 1;
+            }
+            if (n.time_signature as usize) < TIME_SIGNATURES.len() && n.position >= measure_length(n.time_signature) {
+                late += 1;
+            }
+            Some(n)
+        })
+        .collect();
+    let warnings = [
+        (pitchless, "dropped", "whose pitch is no MIDI note (above 127, or a drum pitch below 128)".to_string()),
+        (too_long, "shortened", format!("whose duration lies past the {DURATION_BUCKETS} duration buckets to the longest")),
+        (late, "moved", "that start past the end of their bar (a position beyond its length) into a later bar".to_string()),
+    ];
+    let warnings = warnings.into_iter().filter(|w| w.0 > 0).map(|(n, done, what)| format!("{done} {n} note(s) {what}")).collect();
+    Warned { value: kept, warnings }
+}
+
 /// Ticks per beat of decoded scores (miditoolkit's default).
 pub const DECODE_TICKS_PER_BEAT: u32 = 480;
 
@@ -336,7 +372,7 @@ pub fn octuples_to_score(notes: &[Octuple]) -> Score {
         if !notes.is_empty() {
             let is_drum = program == DRUM_PROGRAM;
             let gm_program = if is_drum { 0 } else { program as u8 };
-            instruments.push(Instrument { name: program.to_string(), program: gm_program, is_drum, notes });
+            instruments.push(Instrument { name: program.to_string(), program: gm_program, is_drum, notes, control_changes: Vec::new() });
         }
     }
     Score { ticks_per_beat: tpb, instruments, tempo_changes, time_signatures }
@@ -346,7 +382,7 @@ pub fn octuples_to_score(notes: &[Octuple]) -> Score {
 pub fn transpose(score: &Score, semitones: i32) -> Score {
     let mut out = score.clone();
     for inst in out.instruments.iter_mut().filter(|i| !i.is_drum) {
-        inst.notes.retain_mut(|n| match u8::try_from(i32::from(n.pitch) + semitones) {
+        inst.notes.retain_mut(|n| match u8::try_from(i32::from(n.pitch).saturating_add(semitones)) {
             Ok(p) if p <= 127 => {
                 n.pitch = p;
                 true
@@ -415,7 +451,7 @@ mod tests {
         let notes = (0..10).map(|b| Note { start: b * 480, end: b * 480 + 240, pitch: 60, velocity: 64 }).collect();
         let score = Score {
             ticks_per_beat: 480,
-            instruments: vec![Instrument { name: String::new(), program: 0, is_drum: false, notes }],
+            instruments: vec![Instrument { name: String::new(), program: 0, is_drum: false, notes, control_changes: vec![] }],
             tempo_changes: vec![TempoChange { tick: 0, bpm: 120.0 }],
             time_signatures: vec![
                 TimeSignature { tick: 0, numerator: 4, denominator: 4 },
@@ -449,12 +485,28 @@ mod tests {
     }
 
     #[test]
+    fn playable_drops_pitchless_notes_and_reports_every_loss() {
+        let four = time_signature_id(4, 4).unwrap();
+        let n = |program, pitch, duration, position| Octuple { bar: 0, position, program, pitch, duration, velocity: 20, time_signature: four, tempo: 30 };
+        let fine = [n(0, 60, 12, 0), n(DRUM_PROGRAM, 164, 0, 47)];
+        assert_eq!(playable(fine.to_vec()), Warned::clean(fine.to_vec()));
+        let notes = vec![n(0, 200, 12, 0), n(DRUM_PROGRAM, 36, 12, 0), n(0, 60, 120, 0), n(0, 62, 12, 60), fine[0]];
+        let checked = playable(notes);
+        assert_eq!(checked.value, vec![n(0, 60, 95, 0), n(0, 62, 12, 60), fine[0]]);
+        assert_eq!(checked.warnings.len(), 3, "{:?}", checked.warnings);
+        assert!(checked.warnings[0].starts_with("dropped 2 note(s) whose pitch"), "{:?}", checked.warnings);
+        assert!(checked.warnings[1].starts_with("shortened 1 note(s) whose duration lies past the 96"), "{:?}", checked.warnings);
+        assert!(checked.warnings[2].starts_with("moved 1 note(s) that start past the end of their bar"), "{:?}", checked.warnings);
+    }
+
+    #[test]
     fn transpose_skips_drums_and_drops_out_of_range() {
         let inst = |is_drum, pitch| Instrument {
             name: String::new(),
             program: 0,
             is_drum,
             notes: vec![Note { start: 0, end: 1, pitch, velocity: 1 }],
+            control_changes: vec![],
         };
         let score = Score {
             ticks_per_beat: 96,

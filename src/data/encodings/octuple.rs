@@ -6,6 +6,7 @@
 
 use super::{score_to_octuples, DecodeError, EncodeError, Octuple, BAR_MAX};
 use crate::data::midi::Score;
+use crate::data::warned::Warned;
 
 pub const BOS: u32 = 0;
 pub const PAD: u32 = 1;
@@ -65,13 +66,18 @@ pub fn note_ids(note: &Octuple) -> [u32; 8] {
 }
 
 /// Token ids back to notes: `<s>`, `</s>`, `<pad>` and `<DEC>` are skipped, every other
-/// token must be the next field of a note.
-pub fn decode(ids: &[u32]) -> Result<Vec<Octuple>, DecodeError> {
+/// token must be the next field of a note. Special tokens belong between notes; one inside a
+/// note (a misaligned sequence) is skipped too, with a warning.
+pub fn decode(ids: &[u32]) -> Result<Warned<Vec<Octuple>>, DecodeError> {
     let mut notes = Vec::with_capacity(ids.len() / TOKENS_PER_NOTE);
     let mut fields = [0u32; 8];
     let mut k = 0;
+    let mut inside: Vec<usize> = Vec::new();
     for (index, &id) in ids.iter().enumerate() {
         if matches!(id, BOS | EOS | PAD | DEC) {
+            if k != 0 {
+                inside.push(index);
+            }
             continue;
         }
         if id as usize > VOCAB_SIZE {
@@ -96,7 +102,18 @@ pub fn decode(ids: &[u32]) -> Result<Vec<Octuple>, DecodeError> {
     if k != 0 {
         return Err(DecodeError::Incomplete { missing: format!("{} of 8 fields", TOKENS_PER_NOTE - k) });
     }
-    Ok(notes)
+    let warnings = inside
+        .first()
+        .map(|&first| {
+            format!(
+                "skipped {} special token(s) (<s>, </s>, <pad>, <DEC>) inside notes, the first at index {first} ({}): the sequence is misaligned",
+                inside.len(),
+                token_name(ids[first])
+            )
+        })
+        .into_iter()
+        .collect();
+    Ok(Warned { value: notes, warnings })
 }
 
 /// The dictionary string of an id (`<s>`, `<3-60>`, `<DEC>`, ...).
@@ -139,7 +156,19 @@ mod tests {
         let n = |bar| Octuple { bar, position: 3, program: 128, pitch: 200, duration: 95, velocity: 31, time_signature: 253, tempo: 48 };
         let ids = tokens(&[n(0), n(255), n(256)]);
         assert_eq!(ids.len(), 8 * 4);
-        assert_eq!(decode(&ids).unwrap(), vec![n(0), n(255)]);
+        assert_eq!(decode(&ids).unwrap(), Warned::clean(vec![n(0), n(255)]));
+    }
+
+    #[test]
+    fn special_tokens_inside_a_note_are_skipped_with_a_warning() {
+        let sample = Octuple { bar: 1, position: 2, program: 3, pitch: 4, duration: 5, velocity: 6, time_signature: 7, tempo: 8 };
+        let mut ids = tokens(&[sample]);
+        ids.insert(10, PAD);
+        ids.insert(13, BOS);
+        let decoded = decode(&ids).unwrap();
+        assert_eq!(decoded.value, vec![sample]);
+        assert_eq!(decoded.warnings.len(), 1);
+        assert!(decoded.warnings[0].starts_with("skipped 2 special token(s)") && decoded.warnings[0].contains("index 10 (<pad>)"), "{:?}", decoded.warnings);
     }
 
     #[test]

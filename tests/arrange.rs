@@ -1,0 +1,184 @@
+//! `stylebridge arrange` end to end on a tiny stage-2 run: a lead sheet and a reference recording
+//! give a piano MIDI with the lead sheet's bars, tempo and meter, a record of how it was made, and
+//! ranked candidates; the same seed gives the same file; styles mix; a batch skips a bad row and
+//! finishes the rest; bad inputs are errors that name the file and the problem.
+mod parity_support;
+mod shards_support;
+mod stage2_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use stage2_support::*;
+use stylebridge::data::audio::write_wav;
+use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
+
+/// The trained fixture, built once per test binary: backbones, a stage-2 run, a tiny EnCodec.
+fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        backbones(&dir);
+        ok(&["train", stage2_config(&dir, "stage2", 1).to_str().unwrap()]);
+        // 8 kHz, 4 codebooks of 32 codes: what the tiny MusicGen reads.
+        parity_support::run_script("make_encodec.py", &dir.join("encodec"), &["--variant", "music32k"]);
+        let tone = |f: f32| -> Vec<f32> { (0..24_000).map(|i| 0.3 * (i as f32 * f).sin() + 0.1 * (i as f32 * 3.1 * f).sin()).collect() };
+        write_wav(&dir.join("low.wav"), &tone(0.02), 16_000).unwrap();
+        write_wav(&dir.join("high.wav"), &tone(0.09), 16_000).unwrap();
+        write_wav(&dir.join("silent.wav"), &vec![0.0; 16_000], 16_000).unwrap();
+        std::fs::write(dir.join("not_audio.wav"), b"this is a text file").unwrap();
+        midi::write(&lead_sheet(8, 4), &dir.join("ls44.mid")).unwrap();
+        midi::write(&lead_sheet(3, 3), &dir.join("ls34.mid")).unwrap();
+        midi::write(&Score { instruments: vec![], ..lead_sheet(1, 4) }, &dir.join("empty.mid")).unwrap();
+        dir
+    })
+}
+
+/// `bars` bars of `beats`/4 at 100 bpm: a melody note per beat and a triad per bar.
+fn lead_sheet(bars: u32, beats: u32) -> Score {
+    let tpb = 480;
+    let melody = (0..bars * beats).map(|b| Note { start: b * tpb, end: (b + 1) * tpb, pitch: 72 + (b % 5) as u8, velocity: 90 }).collect();
+    let chords = (0..bars).flat_map(|bar| [48u8, 52, 55].map(|p| Note { start: bar * beats * tpb, end: (bar + 1) * beats * tpb, pitch: p, velocity: 80 })).collect();
+    let part = |name: &str, program: u8, notes| Instrument { name: name.into(), program, is_drum: false, notes, ..Instrument::default() };
+    Score {
+        ticks_per_beat: tpb,
+        instruments: vec![part("MELODY", 0, melody), part("CHORDS", 4, chords)],
+        tempo_changes: vec![TempoChange { tick: 0, bpm: 100.0 }],
+        time_signatures: vec![TimeSignature { tick: 0, numerator: beats, denominator: 4 }],
+    }
+}
+
+fn arrange(extra: &[&str]) -> std::process::Output {
+    let dir = fixture();
+    let mut args = vec!["arrange", "--checkpoint", dir.join("stage2").to_str().unwrap().to_string().leak(), "--encodec", dir.join("encodec/model").to_str().unwrap().to_string().leak(), "--threads", "1", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn path(p: PathBuf) -> &'static str {
+    p.to_str().unwrap().to_string().leak()
+}
+
+#[test]
+fn an_arrangement_keeps_the_lead_sheets_bars_and_records_how_it_was_made() {
+    let dir = fixture();
+    let out = dir.join("out/ls44.mid");
+    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out.clone()), "--num-samples", "3", "--keep", "all", "--seed", "7", "--tokens", path(dir.join("out/tokens.json"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let score = midi::read(&out).unwrap();
+    assert!(score.note_count() > 0);
+    let beats8 = 8 * 4 * score.ticks_per_beat;
+    assert!(score.instruments.iter().flat_map(|i| &i.notes).all(|n| n.start < beats8), "every note starts inside the 8 bars");
+    assert_eq!(score.time_signatures[0].numerator, 4);
+    assert!((score.tempo_changes[0].bpm - 100.0).abs() < 1e-6, "the lead sheet's tempo map");
+
+    let record: serde_json::Value = serde_json::from_slice(&file(out.with_extension("json"))).unwrap();
+    let candidates = record["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 3);
+    let scores: Vec<f64> = candidates.iter().map(|c| c["similarity"].as_f64().expect("ranked by the stage-1 model")).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    for c in candidates {
+        assert_eq!(c["windows"].as_array().unwrap().len(), 3, "8 bars = windows 0-4, 2-6, 4-8");
+        assert!(Path::new(c["file"].as_str().unwrap()).is_file());
+    }
+    assert_eq!(record["seed"], 7);
+    assert_eq!(record["sampling"]["top_k"], 15);
+    let roles: Vec<&str> = record["backbones"].as_array().unwrap().iter().map(|b| b["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["stage2", "stage1", "musecoco"]);
+    assert!(record["backbones"][0]["sha256"].as_str().unwrap().len() == 64);
+    let tokens: serde_json::Value = serde_json::from_slice(&file(dir.join("out/tokens.json"))).unwrap();
+    assert_eq!(tokens[0]["bars"].as_array().unwrap().len(), 8);
+
+    // Same seed, same MIDI; another seed, another arrangement.
+    let again = dir.join("out/again.mid");
+    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(again.clone()), "--num-samples", "3", "--seed", "7"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(file(again.clone()) == file(out.clone()), "the same seed gave another arrangement");
+    let other = dir.join("out/other.mid");
+    assert!(arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(other.clone()), "--seed", "8"]).status.success());
+    assert!(file(other) != file(out), "another seed gave the same arrangement");
+}
+
+#[test]
+fn styles_mix_passages_select_bars_and_follow_mode_reads_the_song() {
+    let dir = fixture();
+    let out = dir.join("mix/ls34.mid");
+    let o = arrange(&["--leadsheet", path(dir.join("ls34.mid")), "--reference", path(dir.join("low.wav")), "--reference", path(dir.join("high.wav")), "--mix", "0.7,0.3", "-o", path(out.clone()), "--reference-mode", "follow"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&file(out.with_extension("json"))).unwrap();
+    let weights: Vec<f64> = record["references"].as_array().unwrap().iter().map(|r| r["weight"].as_f64().unwrap()).collect();
+    assert_eq!(weights, [0.7, 0.3]);
+    assert_eq!(record["bars"], 3, "a piece shorter than one window");
+    assert_eq!(midi::read(&out).unwrap().time_signatures[0].numerator, 3);
+
+    let part = dir.join("mix/part.mid");
+    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(part.clone()), "--start-bar", "2", "--bars", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&file(part.with_extension("json"))).unwrap();
+    assert_eq!((record["start_bar"].as_u64(), record["bars"].as_u64()), (Some(2), Some(5)));
+    assert_eq!(record["candidates"][0]["windows"].as_array().unwrap().len(), 2, "5 bars = windows 0-4, 2-5");
+}
+
+#[test]
+fn a_batch_skips_bad_rows_and_finishes_the_rest() {
+    let dir = fixture();
+    let list = dir.join("batch.csv");
+    std::fs::write(
+        &list,
+        "leadsheet,reference,out,bars,seed\nls44.mid,low.wav,batch/a.mid,4,1\nempty.mid,low.wav,batch/b.mid,,\nls34.mid,silent.wav,batch/c.mid,,\nmissing.mid,low.wav,batch/d.mid,,\nls34.mid,high.wav,batch/e.mid,,3\n",
+    )
+    .unwrap();
+    let o = arrange(&["--batch", path(list.clone())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for good in ["a", "e"] {
+        assert!(dir.join(format!("batch/{good}.mid")).is_file(), "row {good} was not arranged: {err}");
+    }
+    for bad in ["b", "c", "d"] {
+        assert!(!dir.join(format!("batch/{bad}.mid")).exists(), "bad row {bad} wrote a file");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&file(list.with_extension("report.json"))).unwrap();
+    let skipped: Vec<u64> = report["skipped"].as_array().unwrap().iter().map(|s| s["line"].as_u64().unwrap()).collect();
+    assert_eq!((report["arranged"].as_u64(), skipped), (Some(2), vec![3, 4, 5]), "{report}");
+    assert!(err.contains("no notes") && err.contains("silent") && err.contains("missing.mid"), "{err}");
+}
+
+#[test]
+fn bad_inputs_name_the_file_and_the_problem() {
+    let dir = fixture();
+    let lead = path(dir.join("ls44.mid"));
+    let out = path(dir.join("bad/out.mid"));
+    let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
+        (vec!["--reference", path(dir.join("not_audio.wav"))], vec!["not_audio.wav".into()]),
+        (vec!["--reference", path(dir.join("silent.wav"))], vec!["silent.wav".into(), "silent".into()]),
+        (vec!["--reference", path(dir.join("low.wav")), "--reference", path(dir.join("high.wav")), "--mix", "1"], vec!["--mix gives 1 weights for 2 references".into()]),
+        (vec!["--reference", path(dir.join("low.wav")), "--start-bar", "9"], vec!["outside the lead sheet's 8 bars".into()]),
+        (vec!["--reference", path(dir.join("low.wav")), "--top-p", "1.5"], vec!["top_p".into()]),
+        (vec!["--reference", path(dir.join("low.wav")), "--reference-offset", "60"], vec!["past the end of the reference audio".into()]),
+    ];
+    for (extra, wants) in cases {
+        let mut args = vec!["--leadsheet", lead, "-o", out];
+        args.extend(extra.iter().copied());
+        let o = arrange(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
+        for want in wants {
+            assert!(err.contains(&want), "{extra:?}: {err}");
+        }
+    }
+    let empty = arrange(&["--leadsheet", path(dir.join("empty.mid")), "--reference", path(dir.join("low.wav")), "-o", out]);
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty.mid") && String::from_utf8_lossy(&empty.stderr).contains("no notes"), "{}", String::from_utf8_lossy(&empty.stderr));
+
+    // A stage-1 run is no stage-2 model; a converted folder without MuseCoco weights neither.
+    let o = run(&["arrange", "--checkpoint", path(dir.join("stage1")), "--leadsheet", lead, "--reference", path(dir.join("low.wav")), "-o", out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is a stage1 run, not a stage2 run"), "{err}");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/stage2");
+    let stripped = dir.join("no_musecoco");
+    std::fs::create_dir_all(&stripped).unwrap();
+    std::fs::copy(golden.join("config.json"), stripped.join("config.json")).unwrap();
+    let kept: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(golden.join("model.safetensors")).unwrap().into_iter().filter(|(n, _)| !n.starts_with("musecoco.")).collect();
+    tch::Tensor::write_safetensors(&kept, stripped.join("model.safetensors")).unwrap();
+    let o = run(&["arrange", "--checkpoint", path(stripped), "--leadsheet", lead, "--reference", path(dir.join("low.wav")), "-o", out, "--encodec", path(dir.join("encodec/model"))]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no MuseCoco weights"), "{err}");
+}
