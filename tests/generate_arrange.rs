@@ -41,8 +41,8 @@ fn lead_sheet(meter: (u32, u32), bars: u32, bpm: f64) -> Score {
     Score {
         ticks_per_beat: tpb,
         instruments: vec![
-            Instrument { name: "MELODY".into(), program: 0, is_drum: false, notes: melody },
-            Instrument { name: "CHORDS".into(), program: 4, is_drum: false, notes: chords },
+            Instrument { name: "MELODY".into(), program: 0, is_drum: false, notes: melody, control_changes: Vec::new() },
+            Instrument { name: "CHORDS".into(), program: 4, is_drum: false, notes: chords, control_changes: Vec::new() },
         ],
         tempo_changes: vec![TempoChange { tick: 0, bpm }],
         time_signatures: vec![TimeSignature { tick: 0, numerator: meter.0, denominator: meter.1 }],

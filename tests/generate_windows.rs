@@ -12,7 +12,7 @@ fn lead_sheet(meter: (u32, u32), bars: u32, bpm: f64) -> Score {
     let chords = (0..bars).flat_map(|b| [48u8, 55].map(|pitch| Note { start: b * bar, end: (b + 1) * bar, pitch, velocity: 80 })).collect();
     Score {
         ticks_per_beat: 480,
-        instruments: vec![Instrument { name: "CHORDS".into(), program: 4, is_drum: false, notes: chords }],
+        instruments: vec![Instrument { name: "CHORDS".into(), program: 4, is_drum: false, notes: chords, control_changes: Vec::new() }],
         tempo_changes: vec![TempoChange { tick: 0, bpm }],
         time_signatures: vec![TimeSignature { tick: 0, numerator: meter.0, denominator: meter.1 }],
     }

@@ -285,7 +285,7 @@ impl Loader {
         ensure!(options.max_notes >= 2 && options.max_tokens >= 2, "sequences must hold at least 2 notes / tokens");
         let window = WindowSpec { window_frames: set.layout.window_frames, margin_frames: set.layout.margin_frames };
         let max_shift = options.max_shift_frames.min(window.margin_frames) as i32;
-        let stage2_prefix = std::iter::once(remi::EOS).chain(remi::attribute_prefix()).map(i64::from).collect();
+        let stage2_prefix = remi::stage2_prefix().into_iter().map(i64::from).collect();
         Ok(Self { inner: Arc::new(Inner { set, options, window, max_shift, stage2_prefix }) })
     }
 
@@ -394,6 +394,9 @@ impl Inner {
             if self.options.redact_lead_performance {
                 pairing::redact_octuple(&mut lead);
             }
+            // The `<s>` note must fit: its output is the symbolic feature. (BOSSA's collate would
+            // index past a sequence that a long lead sheet fills.)
+            lead.truncate((notes - 1) * octuple::TOKENS_PER_NOTE);
             let boundary = |id: u32| [i64::from(id); octuple::TOKENS_PER_NOTE];
             let sequence: Vec<i64> =
                 lead.iter().copied().chain(boundary(octuple::BOS)).chain(piano).chain(boundary(octuple::EOS)).collect();
@@ -407,29 +410,41 @@ impl Inner {
         Symbolic::Stage1 { notes, tokens, is_lead_sheet, is_real }
     }
 
+    /// Rows padded to the longest of the batch (at most `max_tokens`, where longer rows are cut,
+    /// as BOSSA cuts at 1000): padding carries no key and no target, so the loss is that of
+    /// BOSSA's fixed-length rows, without computing the padding.
     fn stage2(&self, rows: &[usize], draws: &[Draw]) -> Symbolic {
-        let len = self.options.max_tokens;
+        let max = self.options.max_tokens;
+        let sequences: Vec<(Vec<i64>, usize)> = rows
+            .iter()
+            .zip(draws)
+            .map(|(&r, draw)| {
+                let row = &self.set.rows[r];
+                let mut lead: Vec<i64> = row.lead_remi.iter().map(|&t| i64::from(t)).collect();
+                let mut piano: Vec<i64> = row.piano_remi.iter().map(|&t| i64::from(t)).collect();
+                pairing::transpose_remi(&mut lead, draw.semitones);
+                pairing::transpose_remi(&mut piano, draw.semitones);
+                if self.options.redact_lead_performance {
+                    pairing::redact_remi(&mut lead);
+                }
+                let mut sequence = self.stage2_prefix.clone();
+                sequence.extend(lead);
+                sequence.push(i64::from(remi::SEP));
+                let target_from = sequence.len();
+                sequence.extend(piano);
+                sequence.push(i64::from(remi::EOS));
+                sequence.truncate(max);
+                (sequence, target_from)
+            })
+            .collect();
+        let len = sequences.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
         let mut tokens = vec![i64::from(remi::PAD); rows.len() * len];
         let (mut is_target, mut is_real) = (vec![0u8; rows.len() * len], vec![0u8; rows.len() * len]);
-        for (b, (&r, draw)) in rows.iter().zip(draws).enumerate() {
-            let row = &self.set.rows[r];
-            let mut lead: Vec<i64> = row.lead_remi.iter().map(|&t| i64::from(t)).collect();
-            let mut piano: Vec<i64> = row.piano_remi.iter().map(|&t| i64::from(t)).collect();
-            pairing::transpose_remi(&mut lead, draw.semitones);
-            pairing::transpose_remi(&mut piano, draw.semitones);
-            if self.options.redact_lead_performance {
-                pairing::redact_remi(&mut lead);
-            }
-            let mut sequence = self.stage2_prefix.clone();
-            sequence.extend(lead);
-            sequence.push(i64::from(remi::SEP));
-            let target_from = sequence.len();
-            sequence.extend(piano);
-            sequence.push(i64::from(remi::EOS));
-            let kept = sequence.len().min(len);
-            tokens[b * len..b * len + kept].copy_from_slice(&sequence[..kept]);
+        for (b, (sequence, target_from)) in sequences.iter().enumerate() {
+            let kept = sequence.len();
+            tokens[b * len..b * len + kept].copy_from_slice(sequence);
             is_real[b * len..b * len + kept].fill(1);
-            if target_from < kept {
+            if *target_from < kept {
                 is_target[b * len + target_from..b * len + kept].fill(1);
             }
         }
@@ -550,9 +565,18 @@ mod tests {
             let offset = (2 + draw.shift) as usize;
             assert_eq!(batch.codes[b * 64..b * 64 + 16], stored[offset..offset + 16].iter().map(|&c| i64::from(c)).collect::<Vec<_>>());
         }
-        let loose = Loader::new(data, LoaderOptions { max_notes: 8, augment: false, ..options(Stage::Stage1) }).unwrap();
+        let loose = Loader::new(Arc::clone(&data), LoaderOptions { max_notes: 8, augment: false, ..options(Stage::Stage1) }).unwrap();
         let Symbolic::Stage1 { is_real, .. } = loose.batch(0, 0).unwrap().symbolic else { panic!("stage 1") };
         assert_eq!(is_real[..8], [1, 1, 1, 1, 1, 0, 0, 0]);
+
+        // A lead sheet that fills the sequence is cut so that the `<s>` note still fits.
+        let mut long = data.rows[0].clone();
+        long.lead_octuple = long.lead_octuple.repeat(5);
+        let long = Arc::new(PairSet { rows: vec![long], ..PairSet { split: data.split, layout: data.layout.clone(), rows: vec![] } });
+        let tight = Loader::new(long, LoaderOptions { max_notes: 3, augment: false, shuffle: false, batch_size: 1, ..options(Stage::Stage1) }).unwrap();
+        let Symbolic::Stage1 { tokens, is_lead_sheet, .. } = tight.batch(0, 0).unwrap().symbolic else { panic!("stage 1") };
+        assert_eq!(is_lead_sheet, [1, 1, 0]);
+        assert_eq!(&tokens[16..24], &[0; 8], "<s> is the last note");
     }
 
     #[test]
@@ -570,11 +594,19 @@ mod tests {
             assert_eq!(seq[lead_end], i64::from(remi::SEP));
             let total = lead_end + 1 + row.piano_remi.len() + 1;
             assert_eq!(seq[total - 1], 2);
-            assert_eq!(seq[total], 1);
+            assert!(seq[total..].iter().all(|&t| t == 1), "padding after </s>");
             assert_eq!(is_real[b * len..(b + 1) * len].iter().map(|&x| x as usize).sum::<usize>(), total);
             let targets: Vec<usize> = (0..*len).filter(|&i| is_target[b * len + i] == 1).collect();
             assert_eq!(targets, (lead_end + 1..total).collect::<Vec<_>>());
         }
+        // Rows are padded to the longest of the batch, not to max_tokens.
+        let longest = batch.rows.iter().map(|&r| 62 + data.rows[r].lead_remi.len() + 1 + data.rows[r].piano_remi.len() + 1).max().unwrap();
+        assert_eq!(*len, longest);
+        assert!(*len < loader.options().max_tokens);
+        // Longer rows are cut at max_tokens.
+        let cut = Loader::new(Arc::clone(&data), LoaderOptions { max_tokens: 64, augment: false, shuffle: false, batch_size: 3, ..options(Stage::Stage2) }).unwrap();
+        let Symbolic::Stage2 { len, is_real, .. } = cut.batch(0, 0).unwrap().symbolic else { panic!("stage 2") };
+        assert_eq!((len, is_real.iter().filter(|&&x| x == 1).count()), (64, 3 * 64));
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct ControlChange {
 }
 
 /// One track/channel's notes with its General MIDI program.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Instrument {
     pub name: String,
     pub program: u8,

@@ -248,7 +248,7 @@ mod tests {
     fn score(notes: Vec<Note>, beats: u32) -> Score {
         Score {
             ticks_per_beat: 480,
-            instruments: vec![Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes }],
+            instruments: vec![Instrument { name: "PIANO".into(), program: 0, is_drum: false, notes, control_changes: Vec::new() }],
             tempo_changes: vec![TempoChange { tick: 0, bpm: 120.0 }],
             time_signatures: vec![TimeSignature { tick: 0, numerator: beats, denominator: 4 }],
         }

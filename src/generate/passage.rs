@@ -178,7 +178,7 @@ impl Passage {
                     _ if is_drum => "DRUMS".to_string(),
                     _ => format!("PROGRAM {program}"),
                 };
-                Instrument { name, program: if is_drum { 0 } else { program as u8 }, is_drum, notes }
+                Instrument { name, program: if is_drum { 0 } else { program as u8 }, is_drum, notes, control_changes: Vec::new() }
             })
             .collect();
         Ok(Score { ticks_per_beat: tpb, instruments, tempo_changes: self.tempo_changes.clone(), time_signatures: self.time_signatures.clone() })
@@ -210,8 +210,8 @@ mod tests {
         Score {
             ticks_per_beat: TPB,
             instruments: vec![
-                Instrument { name: "MELODY".into(), program: MELODY_PROGRAM, is_drum: false, notes: melody },
-                Instrument { name: "CHORDS".into(), program: CHORD_PROGRAM, is_drum: false, notes: chords },
+                Instrument { name: "MELODY".into(), program: MELODY_PROGRAM, is_drum: false, notes: melody, control_changes: Vec::new() },
+                Instrument { name: "CHORDS".into(), program: CHORD_PROGRAM, is_drum: false, notes: chords, control_changes: Vec::new() },
             ],
             tempo_changes: tempos.iter().map(|&(tick, bpm)| TempoChange { tick, bpm }).collect(),
             time_signatures: vec![TimeSignature { tick: 0, numerator: meter.0, denominator: meter.1 }],

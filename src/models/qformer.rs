@@ -629,7 +629,9 @@ impl QFormer {
     /// normalize(symbo_proj(hidden at note `index[b]`)) (BOSSA: the `<s>` note after the lead
     /// sheet): [B, embed_dim].
     pub fn symbolic_features(&self, notes_hidden: &Tensor, index: &Tensor) -> Result<Tensor> {
-        let (b, _, h) = notes_hidden.size3().context("notes hidden states must be [batch, notes, width]")?;
+        let (b, n, h) = notes_hidden.size3().context("notes hidden states must be [batch, notes, width]")?;
+        let (low, high) = (index.min().int64_value(&[]), index.max().int64_value(&[]));
+        ensure!(low >= 0 && high < n, "the feature note index lies in {low}..={high}, outside the {n} notes");
         let picked = notes_hidden.gather(1, &index.view([b, 1, 1]).expand([b, 1, h], false), false).squeeze_dim(1);
         Ok(l2_normalize(&self.heads()?.symbo_proj.forward(&picked)))
     }
