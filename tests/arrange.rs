@@ -62,7 +62,7 @@ fn path(p: PathBuf) -> &'static str {
 fn an_arrangement_keeps_the_lead_sheets_bars_and_records_how_it_was_made() {
     let dir = fixture();
     let out = dir.join("out/ls44.mid");
-    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out.clone()), "--num-samples", "3", "--keep", "all", "--seed", "7", "--tokens", path(dir.join("out/tokens.json"))]);
+    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out.clone()), "--num-samples", "3", "--keep", "all", "--seed", "7", "--tokens", path(dir.join("out/tokens.json")), "--pedal", "--render", path(dir.join("out/ls44.wav"))]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let score = midi::read(&out).unwrap();
     assert!(score.note_count() > 0);
@@ -70,6 +70,10 @@ fn an_arrangement_keeps_the_lead_sheets_bars_and_records_how_it_was_made() {
     assert!(score.instruments.iter().flat_map(|i| &i.notes).all(|n| n.start < beats8), "every note starts inside the 8 bars");
     assert_eq!(score.time_signatures[0].numerator, 4);
     assert!((score.tempo_changes[0].bpm - 100.0).abs() < 1e-6, "the lead sheet's tempo map");
+    let pedal = &score.instruments[0].control_changes;
+    assert_eq!(pedal.iter().filter(|c| c.controller == 64 && c.value == 72).count(), 7, "down at each of the 8 bar lines but the last");
+    let wav = stylebridge::data::audio::load_mono(&dir.join("out/ls44.wav"), 16_000).unwrap();
+    assert!(wav.len() > 16_000 * 19 && wav.iter().any(|s| s.abs() > 1e-3), "8 bars at 100 bpm last 19.2 s, and they sound");
 
     let record: serde_json::Value = serde_json::from_slice(&file(out.with_extension("json"))).unwrap();
     let candidates = record["candidates"].as_array().unwrap();
@@ -90,11 +94,11 @@ fn an_arrangement_keeps_the_lead_sheets_bars_and_records_how_it_was_made() {
 
     // Same seed, same MIDI; another seed, another arrangement.
     let again = dir.join("out/again.mid");
-    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(again.clone()), "--num-samples", "3", "--seed", "7"]);
+    let o = arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(again.clone()), "--num-samples", "3", "--seed", "7", "--pedal"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(file(again.clone()) == file(out.clone()), "the same seed gave another arrangement");
     let other = dir.join("out/other.mid");
-    assert!(arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(other.clone()), "--seed", "8"]).status.success());
+    assert!(arrange(&["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(other.clone()), "--seed", "8", "--pedal"]).status.success());
     assert!(file(other) != file(out), "another seed gave the same arrangement");
 }
 

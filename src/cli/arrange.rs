@@ -155,6 +155,7 @@ pub fn run(args: Args) -> Result<()> {
             bars: row.bars,
             num_samples: args.num_samples,
             keep: args.keep,
+            pedal: args.pedal,
             settings: settings(row.seed)?,
         };
         let result = arranger.arrange(&job).and_then(|outcome| write_outputs(&args, row, &job, &arranger, &outcome, synth.as_ref()));

@@ -45,6 +45,8 @@ pub struct Job {
     pub bars: Option<usize>,
     pub num_samples: usize,
     pub keep: Keep,
+    /// Sustain pedal at bar lines and chord changes (BOSSA's `add_pedal`).
+    pub pedal: bool,
     pub settings: ArrangeConfig,
 }
 
@@ -151,7 +153,12 @@ impl Arranger {
         let arrangement = arrange(&self.model.net.musecoco, &passage, samples, &job.settings, |w| Ok(soft_prompts[w.index].shallow_clone()))?;
         let mut candidates = Vec::with_capacity(arrangement.samples.len());
         for sample in arrangement.samples {
-            let score = passage.to_score(&sample.bars).with_context(|| format!("sample {}: the tokens do not decode", sample.sample))?;
+            let mut score = passage.to_score(&sample.bars).with_context(|| format!("sample {}: the tokens do not decode", sample.sample))?;
+            if job.pedal {
+                if let Some(piano) = score.instruments.first_mut() {
+                    piano.control_changes = passage.pedal();
+                }
+            }
             candidates.push(Candidate { sample: sample.sample, score, bars: sample.bars, windows: sample.windows, window_scores: Vec::new() });
         }
         let ranked = self.scorer.is_some();

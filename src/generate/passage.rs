@@ -12,7 +12,8 @@ use std::ops::Range;
 
 use super::grammar::BarSpec;
 use crate::data::encodings::{bin_to_velocity, bucket_to_duration, remi, score_to_octuples, tempo_to_bin, time_signature_id, Octuple, DRUM_PROGRAM};
-use crate::data::midi::{Instrument, Note, Score, TempoChange, TimeSignature};
+use crate::data::leadsheet::CHORD_PROGRAM;
+use crate::data::midi::{ControlChange, Instrument, Note, Score, TempoChange, TimeSignature};
 use crate::data::segments::{pos_to_tick, BarGrid, TempoMap};
 
 /// Name of the piano track of a generated score.
@@ -185,6 +186,32 @@ impl Passage {
     }
 }
 
+impl Passage {
+    /// BOSSA's `add_pedal` on the passage's timeline: the sustain pedal goes down (64 = 72) at
+    /// every bar line and chord change (an onset of the lead sheet's chord track, program 4) and
+    /// comes up (64 = 0) 0.05 s before the next one; the last span gets none, as in BOSSA.
+    pub fn pedal(&self) -> Vec<ControlChange> {
+        let tpb = self.ticks_per_beat;
+        let tick = |pos: u32| pos_to_tick(self.start_pos + pos, tpb) - self.start_tick;
+        let mut changes: Vec<u32> = self.bars.iter().map(|b| tick(b.start_pos)).collect();
+        changes.extend(self.lead.iter().filter(|n| n.program == u32::from(CHORD_PROGRAM)).map(|n| tick(self.bars[n.bar as usize].start_pos + n.position)));
+        changes.sort_unstable();
+        changes.dedup();
+        let score = Score { ticks_per_beat: tpb, instruments: Vec::new(), tempo_changes: self.tempo_changes.clone(), time_signatures: Vec::new() };
+        let tempo = TempoMap::new(&score);
+        let mut pedal = Vec::with_capacity(2 * changes.len());
+        for pair in changes.windows(2) {
+            let release = tempo.tick_at(tempo.seconds_at(f64::from(pair[1])) - 0.05).round().max(f64::from(pair[0])) as u32;
+            pedal.push(ControlChange { tick: pair[0], controller: SUSTAIN, value: 72 });
+            pedal.push(ControlChange { tick: release, controller: SUSTAIN, value: 0 });
+        }
+        pedal
+    }
+}
+
+/// MIDI controller 64, the sustain pedal.
+const SUSTAIN: u8 = 64;
+
 /// Events of a map from `start` on, shifted by `-start`: the one in force at `start` (the last
 /// at or before it, in tick order) moved to tick 0, then those before `end`.
 fn from_tick<T: Copy>(events: &[T], tick_of: impl Fn(&T) -> u32, start: u32, end: u32, at: impl Fn(T, u32) -> T) -> Vec<T> {
@@ -198,7 +225,7 @@ fn from_tick<T: Copy>(events: &[T], tick_of: impl Fn(&T) -> u32, start: u32, end
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::leadsheet::{CHORD_PROGRAM, MELODY_PROGRAM};
+    use crate::data::leadsheet::MELODY_PROGRAM;
 
     const TPB: u32 = 480;
 
@@ -224,6 +251,23 @@ mod tests {
 
     fn names(ids: &[u32]) -> String {
         ids.iter().map(|&t| remi::token_name(t)).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn pedal_follows_bars_and_chord_changes() {
+        // 3 bars of 4/4 at 120 bpm (0.5 s a beat): a chord per bar, and one more on beat 3 of bar 1.
+        let mut score = lead_sheet((4, 4), 3, &[(0, 120.0)]);
+        score.instruments[1].notes.push(Note { start: 6 * TPB, end: 8 * TPB, pitch: 50, velocity: 80 });
+        let passage = Passage::new(&score, 0, None).unwrap();
+        let pedal: Vec<(u32, u8)> = passage.pedal().iter().map(|c| (c.tick, c.value)).collect();
+        // Down at 0, 4, 6 and 8 beats; up 0.05 s (48 ticks at 960 ticks/s) before the next change.
+        let beat = TPB;
+        assert_eq!(pedal, vec![(0, 72), (4 * beat - 48, 0), (4 * beat, 72), (6 * beat - 48, 0), (6 * beat, 72), (8 * beat - 48, 0)]);
+        assert!(passage.pedal().iter().all(|c| c.controller == 64));
+        // From bar 1 on, the passage's own timeline.
+        let later = Passage::new(&score, 1, None).unwrap();
+        assert_eq!(later.pedal()[0].tick, 0);
+        assert_eq!(later.pedal()[2].tick, 2 * beat);
     }
 
     #[test]
