@@ -48,14 +48,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())))
-        .flatten()
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// Trainable parameters (what AdamW updates) and those of the frozen MusicGen layers that run.
 fn parameter_counts(model: &Stage1Model, model_cfg: &ModelConfig) -> (i64, i64) {
     let numel = |vs: &VarStore| vs.variables().values().map(Tensor::numel).sum::<usize>() as i64;
@@ -77,7 +69,7 @@ fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps
     for objectives in [Objectives::C, Objectives::CM, Objectives::CMG] {
         let cfg = ModelConfig { objectives, cache_features: false, ..model_cfg.clone() };
         let mut model = Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 0).expect("model");
-        let mut opt = AdamW::new(stylebridge::train::optimizer::trainable(&model.vs), AdamWConfig::default());
+        let mut opt = AdamW::new(stylebridge::models::weights::trainable(&model.vs), AdamWConfig::default());
         let mut times = Vec::new();
         for step in 0..steps + 1 {
             let t = Instant::now();
@@ -101,7 +93,7 @@ fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps
         times.push(t.elapsed().as_secs_f64());
     }
     println!("  retrieval features only (frozen MusicGen + query and note passes, no grad): {:.3} s/batch", median(times));
-    println!("  peak resident memory so far: {:.0} MiB", peak_rss_mib());
+    println!("  peak resident memory so far: {:.0} MiB", stylebridge::train::metrics::peak_memory_mib());
 }
 
 fn main() {
@@ -109,7 +101,7 @@ fn main() {
     let steps = std::env::var("STAGE1_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     tch::set_num_threads(threads);
     println!("stage-1 training step on CPU, {threads} torch threads, fp32");
-    println!("peak resident memory at start (libtorch loaded): {:.0} MiB", peak_rss_mib());
+    println!("peak resident memory at start (libtorch loaded): {:.0} MiB", stylebridge::train::metrics::peak_memory_mib());
     let demo_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo.yaml");
     let demo: ExperimentConfig = config::load(&demo_path, &[]).expect("experiments/demo.yaml");
     // `make demo` pretrains its MusicGen (python_interop/demo_musicgen.py) at the default tiny shape;

@@ -53,14 +53,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())))
-        .flatten()
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn bench(size: &Size, steps: usize) {
     let cfg = ModelConfig {
         musicgen: Some(MusicgenSource { tiny: Some(size.musicgen.clone()), layers: Some(size.layers), checkpoint: None }),
@@ -103,7 +95,7 @@ fn bench(size: &Size, steps: usize) {
         times.push(t.elapsed().as_secs_f64());
     }
     println!("  of which the soft prompt alone (frozen MusicGen + Q-Former, no grad): {:.3} s", median(times));
-    println!("  peak resident memory so far: {:.0} MiB", peak_rss_mib());
+    println!("  peak resident memory so far: {:.0} MiB", stylebridge::train::metrics::peak_memory_mib());
 }
 
 fn main() {

@@ -3,11 +3,13 @@
 //! ranked candidates; the same seed gives the same file; styles mix; a batch skips a bad row and
 //! finishes the rest; bad inputs are errors that name the file and the problem.
 mod parity_support;
+mod run_support;
 mod shards_support;
 mod stage2_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use run_support::file;
 use stage2_support::*;
 use stylebridge::data::audio::write_wav;
 use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
@@ -185,4 +187,23 @@ fn bad_inputs_name_the_file_and_the_problem() {
     let o = run(&["arrange", "--checkpoint", path(stripped), "--leadsheet", lead, "--reference", path(dir.join("low.wav")), "-o", out, "--encodec", path(dir.join("encodec/model"))]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no MuseCoco weights"), "{err}");
+}
+
+#[test]
+fn a_converted_bossa_stage2_checkpoint_arranges() {
+    let dir = fixture();
+    // The golden BOSSA model's MusicGen reads 4 codebooks of 2048 codes; a converted checkpoint
+    // names no EnCodec, so one is given.
+    parity_support::run_script("make_encodec.py", &dir.join("encodec2048"), &["--variant", "codes2048"]);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/stage2");
+    let out = dir.join("bossa/ls34.mid");
+    let o = run(&["arrange", "--checkpoint", path(golden), "--encodec", path(dir.join("encodec2048/model")), "--leadsheet", path(dir.join("ls34.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out.clone()), "--max-new-tokens", "40", "--threads", "1", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(midi::read(&out).unwrap().time_signatures[0].numerator, 3);
+    let record: serde_json::Value = serde_json::from_slice(&file(out.with_extension("json"))).unwrap();
+    assert_eq!(record["backbones"][0]["role"], "stage2");
+    assert!(record["ranked_by"].is_null(), "no stage-1 model to rank with");
+    // Without --encodec it says what is missing.
+    let o = run(&["arrange", "--checkpoint", path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/stage2")), "--leadsheet", path(dir.join("ls34.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out)]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("names no EnCodec"), "{}", String::from_utf8_lossy(&o.stderr));
 }

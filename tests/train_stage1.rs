@@ -2,16 +2,16 @@
 //! backbones: the run writes metrics and checkpoints, a run killed with SIGKILL and resumed ends
 //! bitwise equal to an uninterrupted one, bad configs fail with clear errors, and the retrieval
 //! report comes out.
+mod run_support;
 mod shards_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stylebridge");
+use run_support::{file, kill_after_first_checkpoint, latest, BIN};
 const CODEBOOK: u16 = 32;
 
 /// One synthetic pair: codes and notes both derived from a per-song "style" id.
@@ -73,15 +73,6 @@ eval:
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env("STYLEBRIDGE_PROGRESS_SECS", "3600").output().unwrap()
-}
-
-fn latest(run_dir: &Path) -> Option<PathBuf> {
-    let name = std::fs::read_to_string(run_dir.join("checkpoints/latest")).ok()?;
-    Some(run_dir.join("checkpoints").join(name.trim()))
-}
-
-fn file(path: PathBuf) -> Vec<u8> {
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
@@ -156,25 +147,7 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
 
     let cut_cfg = config(dir.path(), "cut", 4);
     let cut_dir = dir.path().join("cut");
-    let mut child = Command::new(BIN)
-        .args(["train", cut_cfg.to_str().unwrap()])
-        .env("STYLEBRIDGE_PROGRESS_SECS", "3600")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if latest(&cut_dir).is_some() {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint was seen");
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    let killed_at = latest(&cut_dir).unwrap();
-    assert!(!status.success() && !killed_at.ends_with("step-00000024"), "the kill came after the run finished");
+    let killed_at = kill_after_first_checkpoint(&cut_cfg, &cut_dir, "step-00000024");
 
     let out = run(&["train", cut_cfg.to_str().unwrap(), "--resume"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

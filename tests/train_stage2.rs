@@ -2,11 +2,11 @@
 //! the HF port's format, stage 2 starts from a stage-1 run and that MuseCoco, keeps only what
 //! trains in its checkpoints and names its backbones, and a run killed with SIGKILL and resumed
 //! ends bitwise equal to an uninterrupted one.
+mod run_support;
 mod shards_support;
 mod stage2_support;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use run_support::{file, kill_after_first_checkpoint, latest};
 use stage2_support::*;
 
 #[test]
@@ -40,22 +40,7 @@ fn stage2_trains_on_its_backbones_and_resumes_bitwise_after_sigkill() {
 
     let cut = stage2_config(dir.path(), "cut", 3);
     let cut_dir = dir.path().join("cut");
-    let mut child = Command::new(BIN)
-        .args(["train", cut.to_str().unwrap()])
-        .env("STYLEBRIDGE_PROGRESS_SECS", "3600")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while latest(&cut_dir).is_none() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint was seen");
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    let killed_at = latest(&cut_dir).unwrap();
-    assert!(!status.success() && !killed_at.ends_with("step-00000012"), "the kill came after the run finished");
+    let killed_at = kill_after_first_checkpoint(&cut, &cut_dir, "step-00000012");
     let out = ok(&["train", cut.to_str().unwrap(), "--resume"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
     let cut_last = latest(&cut_dir).unwrap();

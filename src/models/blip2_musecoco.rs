@@ -54,11 +54,8 @@ impl Blip2Musecoco {
 
     /// What stage 2 trains, by checkpoint name: the Q-Former, `musecoco_proj` and the adapters.
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
-        let trainable = |vs: &VarStore, prefix: &str| -> Vec<(String, Tensor)> {
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (format!("{prefix}{n}"), t)).collect()
-        };
-        let mut params = trainable(&self.vs, "");
-        params.extend(trainable(&self.musecoco_vs, MUSECOCO_PREFIX));
+        let mut params = crate::models::weights::trainable(&self.vs);
+        params.extend(crate::models::weights::trainable(&self.musecoco_vs).into_iter().map(|(n, t)| (format!("{MUSECOCO_PREFIX}{n}"), t)));
         params
     }
 
@@ -82,6 +79,12 @@ impl Blip2Musecoco {
     /// Mean cross-entropy of the target tokens: `tokens` [B, L] (`</s>` + attributes + `<sep>` +
     /// lead sheet + `<sep>` + piano + `</s>` + padding), `is_target` and `is_real` [B, L] (1/0).
     pub fn loss(&self, soft_prompt: &Tensor, tokens: &Tensor, is_target: &Tensor, is_real: &Tensor, train: bool) -> Result<Tensor> {
+        let (logits, targets) = self.target_logits(soft_prompt, tokens, is_target, is_real, train)?;
+        Ok(logits.cross_entropy_for_logits(&targets))
+    }
+
+    /// The logits [N, vocab] (fp32) that predict the N target tokens, and those tokens [N].
+    pub fn target_logits(&self, soft_prompt: &Tensor, tokens: &Tensor, is_target: &Tensor, is_real: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let (b, l) = tokens.size2().context("tokens must be [batch, length]")?;
         let (sb, q, c) = soft_prompt.size3().context("the soft prompt must be [batch, queries, width]")?;
         ensure!(sb == b && c == self.musecoco.config().n_embd, "soft prompt {:?} for {b} token rows of MuseCoco width {}", soft_prompt.size(), self.musecoco.config().n_embd);
@@ -96,8 +99,7 @@ impl Blip2Musecoco {
         let keep = is_target.gt(0);
         ensure!(keep.any().int64_value(&[]) == 1, "the batch has no target token");
         let h = predicting.masked_select(&keep.unsqueeze(-1)).view([-1, c]);
-        let logits = self.musecoco.logits(&h)?.to_kind(Kind::Float);
-        Ok(logits.cross_entropy_for_logits(&tokens.masked_select(&keep)))
+        Ok((self.musecoco.logits(&h)?.to_kind(Kind::Float), tokens.masked_select(&keep)))
     }
 
     /// A converted `bossa_stage2.pt` (`stylebridge convert --format bossa-stage2`): every tensor

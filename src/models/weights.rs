@@ -107,37 +107,26 @@ impl Checkpoint {
             vs.variables().into_iter().filter_map(|(name, var)| name.strip_prefix(var_prefix).map(|rel| (rel.to_string(), var))).collect();
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
-        let mut used = BTreeSet::new();
+        let mut present = BTreeSet::new();
         for (name, var) in &variables {
             let key = format!("{prefix}{name}");
             match self.shape(&key) {
                 None => missing.push(format!("{key} {:?}", var.size())),
-                Some(shape) if shape != var.size() => {
-                    misshaped.push(format!("{key}: checkpoint {shape:?}, model {:?}", var.size()))
-                }
-                Some(_) => {
-                    used.insert(key);
+                Some(shape) => {
+                    if shape != var.size() {
+                        misshaped.push(format!("{key}: checkpoint {shape:?}, model {:?}", var.size()));
+                    }
+                    present.insert(key);
                 }
             }
         }
         let unexpected: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| k.starts_with(prefix) && !used.contains(*k) && !ignore(&k[prefix.len()..]))
+            .filter(|k| k.starts_with(prefix) && !present.contains(*k) && !ignore(&k[prefix.len()..]))
             .map(|k| format!("{k} {:?}", self.shape(k).unwrap_or_default()))
             .collect();
-        if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
-            let mut msg = format!("checkpoint {} does not match the model", self.origin.display());
-            for (title, list) in [("missing", &missing), ("mis-shaped", &misshaped), ("unexpected", &unexpected)] {
-                if !list.is_empty() {
-                    msg.push_str(&format!("\n  {} {title} tensor(s):", list.len()));
-                    for item in list.iter() {
-                        msg.push_str(&format!("\n    {item}"));
-                    }
-                }
-            }
-            bail!(msg);
-        }
+        mismatch_report(&format!("checkpoint {}", self.origin.display()), &missing, &misshaped, &unexpected)?;
         tch::no_grad(|| {
             for (name, mut var) in variables {
                 let key = format!("{prefix}{name}");
@@ -147,6 +136,14 @@ impl Checkpoint {
             Ok(())
         })
     }
+}
+
+/// The trainable variables of a store, in name order (a `VarStore` keeps them in a hash map,
+/// whose order differs between processes).
+pub fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
 }
 
 /// Check that `saved` holds exactly the tensors of `expected` with their shapes; the error lists
@@ -164,11 +161,17 @@ pub fn check_names_and_shapes(expected: &[(String, Tensor)], saved: &BTreeMap<St
     let names: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let unexpected: Vec<String> =
         saved.iter().filter(|(n, _)| !names.contains(n.as_str())).map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+    mismatch_report(&origin.display().to_string(), &missing, &misshaped, &unexpected)
+}
+
+/// `Ok` when all three lists are empty, else an error listing them (20 per list at most: a
+/// wrong model size mismatches every layer).
+fn mismatch_report(origin: &str, missing: &[String], misshaped: &[String], unexpected: &[String]) -> Result<()> {
     if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
         return Ok(());
     }
-    let mut msg = format!("{} does not match the model", origin.display());
-    for (title, list) in [("missing", &missing), ("mis-shaped", &misshaped), ("unexpected", &unexpected)] {
+    let mut msg = format!("{origin} does not match the model");
+    for (title, list) in [("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)] {
         if !list.is_empty() {
             msg.push_str(&format!("\n  {} {title} tensor(s):", list.len()));
             for item in list.iter().take(20) {
@@ -325,6 +328,7 @@ mod tests {
         assert!(err.contains("1 missing tensor(s):\n    proj.bias [2]"), "{err}");
         assert!(err.contains("proj.weight: checkpoint [3, 3], model [2, 3]"), "{err}");
         assert!(err.contains("1 unexpected tensor(s):\n    extra.weight [1]"), "{err}");
+        assert!(!err.contains("proj.weight [3, 3]"), "a mis-shaped tensor is not also unexpected: {err}");
     }
 
     #[test]

@@ -48,6 +48,24 @@ impl MetricsLog {
     }
 }
 
+/// Resident and peak resident memory of this process (Linux `VmRSS`, `VmHWM`), in MiB, as
+/// (`memory_rss_mib`, `memory_peak_mib`) where the system reports them.
+pub fn memory_mib() -> Vec<(String, f64)> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    [("memory_rss_mib", "VmRSS:"), ("memory_peak_mib", "VmHWM:")]
+        .into_iter()
+        .filter_map(|(key, field_name)| field(field_name).map(|kb| (key.to_string(), kb / 1024.0)))
+        .collect()
+}
+
+/// The peak resident memory of this process in MiB (NaN where the system does not say).
+pub fn peak_memory_mib() -> f64 {
+    memory_mib().into_iter().find(|(k, _)| k == "memory_peak_mib").map_or(f64::NAN, |(_, v)| v)
+}
+
 fn unix_seconds() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -61,7 +61,8 @@ impl MusecocoLmTask {
         Self { vs, model, train, valid, seed }
     }
 
-    fn loss_of(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+    /// The logits of every target token and the tokens.
+    fn target_logits(&self, batch: &Batch, train: bool) -> Result<(Tensor, Tensor)> {
         let x = Inputs::from_batch(batch, self.vs.device())?;
         let (b, l) = x.tokens.size2()?;
         let hidden = self.model.forward_embeds(&self.model.embed(&x.tokens, POS_START, train)?, Some(&x.is_real.eq(0)), train)?;
@@ -71,7 +72,7 @@ impl MusecocoLmTask {
         let c = self.model.config().n_embd;
         let h = hidden.narrow(1, 0, l - 1).masked_select(&keep.unsqueeze(-1)).view([-1, c]);
         let targets = x.tokens.narrow(1, 1, l - 1).masked_select(&keep);
-        Ok(self.model.logits(&h)?.to_kind(Kind::Float).cross_entropy_for_logits(&targets))
+        Ok((self.model.logits(&h)?.to_kind(Kind::Float), targets))
     }
 
     /// Write the model in the HF port's format: `config.json` (the 1B config's fields, with
@@ -109,36 +110,30 @@ impl MusecocoLmTask {
 }
 
 impl Task for MusecocoLmTask {
-    type Batch = Batch;
+    type Data = Loader;
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::train::optimizer::trainable(&self.vs)
+        crate::models::weights::trainable(&self.vs)
     }
 
     fn device(&self) -> Device {
         self.vs.device()
     }
 
-    fn batches_per_epoch(&self) -> usize {
-        self.train.batches_per_epoch()
-    }
-
-    fn batch_samples(&self, batch: &Batch) -> usize {
-        batch.len()
-    }
-
-    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(self.train.batches(epoch, start))
+    fn data(&self) -> &Loader {
+        &self.train
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
-        let total = self.loss_of(batch, true)?;
+        let (logits, targets) = self.target_logits(batch, true)?;
+        let total = logits.cross_entropy_for_logits(&targets);
         Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
     }
 
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
-        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
-        let loader = Loader::new(Arc::clone(set), options.clone())?;
-        super::trainer::validation_loss(&loader, max_batches, self.seed, |batch| self.loss_of(batch, false))
+        super::trainer::validation_means(&self.valid, max_batches, self.seed, |batch| {
+            let (logits, targets) = self.target_logits(batch, false)?;
+            Ok(super::trainer::remi_figures(&logits, &targets))
+        })
     }
 }

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -34,11 +34,6 @@ impl crate::yaml::Validate for AdamWConfig {
         let wd = self.weight_decay;
         p.check(wd.is_finite() && wd >= 0.0, at, "weight_decay", || format!("is {wd}; must be 0 or more"));
     }
-}
-
-/// The trainable variables of a store, by name.
-pub fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
-    vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
 }
 
 struct Slot {
@@ -178,7 +173,8 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{nn, Device};
+    use crate::models::weights::trainable;
+    use tch::{nn, nn::VarStore, Device};
 
     /// Scalar AdamW in f64, straight from the formula, as the reference.
     fn reference(p0: f64, grads: &[f64], lr: f64, c: AdamWConfig) -> f64 {

@@ -341,10 +341,10 @@ impl<'a> Stage1Task<'a> {
 }
 
 impl Task for Stage1Task<'_> {
-    type Batch = Batch;
+    type Data = Loader;
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::train::optimizer::trainable(&self.model.vs)
+        crate::models::weights::trainable(&self.model.vs)
     }
 
     fn backbones(&self) -> Vec<Backbone> {
@@ -355,16 +355,8 @@ impl Task for Stage1Task<'_> {
         self.model.device()
     }
 
-    fn batches_per_epoch(&self) -> usize {
-        self.train.batches_per_epoch()
-    }
-
-    fn batch_samples(&self, batch: &Batch) -> usize {
-        batch.len()
-    }
-
-    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(self.train.batches(epoch, start))
+    fn data(&self) -> &Loader {
+        &self.train
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
@@ -376,25 +368,12 @@ impl Task for Stage1Task<'_> {
     /// Validation loss (centred windows, no transposition, fixed hard-negative draws) and one
     /// retrieval run over up to `eval.retrieval.queries` validation pairs.
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
-        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
-        let loader = Loader::new(Arc::clone(set), options.clone())?;
-        let mut sums: Vec<(String, f64)> = Vec::new();
-        let mut count = 0usize;
-        for (i, batch) in loader.batches(0, 0).take(max_batches.unwrap_or(usize::MAX)).enumerate() {
-            tch::manual_seed(super::trainer::step_seed(self.seed, u64::MAX, i as u64));
-            let inputs = Inputs::from_batch(&batch, self.model.device())?;
-            let parts = tch::no_grad(|| self.model.losses(&inputs, self.collective, false))?.parts();
-            if sums.is_empty() {
-                sums = parts.iter().map(|(k, _)| (format!("val/{k}"), 0.0)).collect();
-            }
-            for (sum, (_, v)) in sums.iter_mut().zip(&parts) {
-                sum.1 += v;
-            }
-            count += 1;
-        }
-        for sum in &mut sums {
-            sum.1 /= count.max(1) as f64;
-        }
+        let valid = self.valid.clone();
+        let mut sums = super::trainer::validation_means(&valid, max_batches, self.seed, |batch| {
+            let inputs = Inputs::from_batch(batch, self.model.device())?;
+            Ok(self.model.losses(&inputs, self.collective, false)?.parts())
+        })?;
+        let Some((set, options)) = &self.valid else { return Ok(sums) };
         let queries = self.retrieval.queries.min(set.rows.len());
         if queries >= 2 {
             let cfg = RetrievalConfig { runs: 1, queries, mix: Default::default(), ..self.retrieval.clone() };

@@ -273,7 +273,7 @@ impl Stage2Model {
         let audio = FrozenAudio::from_checkpoint(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, layers, device, Kind::Float)?;
         let mut net = Blip2Musecoco::new(&QFormerConfig { encoder_width: audio.config().hidden_size, ..qcfg }, &musecoco_cfg, device);
         net.load_bossa(&ckpt)?;
-        Ok(Self { audio, net, backbones: vec![Backbone::hash("stage2", dir)?] })
+        Ok(Self { audio, net, backbones: Vec::new() })
     }
 
     pub fn device(&self) -> Device {
@@ -382,15 +382,16 @@ impl Stage2Task {
         Ok(Self { model, train, valid, seed })
     }
 
-    fn loss_of(&mut self, batch: &Batch, train: bool) -> Result<Tensor> {
+    /// The target logits and tokens of a batch.
+    fn target_logits(&mut self, batch: &Batch, train: bool) -> Result<(Tensor, Tensor)> {
         let x = Inputs::from_batch(batch, self.model.device())?;
         let soft = self.model.soft_prompt(&x.codes, &x.audio_mask, train)?;
-        self.model.net.loss(&soft, &x.tokens, &x.is_target, &x.is_real, train)
+        self.model.net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, train)
     }
 }
 
 impl Task for Stage2Task {
-    type Batch = Batch;
+    type Data = Loader;
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
         self.model.net.parameters()
@@ -404,27 +405,22 @@ impl Task for Stage2Task {
         self.model.device()
     }
 
-    fn batches_per_epoch(&self) -> usize {
-        self.train.batches_per_epoch()
-    }
-
-    fn batch_samples(&self, batch: &Batch) -> usize {
-        batch.len()
-    }
-
-    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
-        Box::new(self.train.batches(epoch, start))
+    fn data(&self) -> &Loader {
+        &self.train
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
-        let total = self.loss_of(batch, true)?;
+        let (logits, targets) = self.target_logits(batch, true)?;
+        let total = logits.cross_entropy_for_logits(&targets);
         Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
     }
 
-    /// Validation loss: centred windows, no transposition, no dropout.
+    /// Validation loss and accuracy: centred windows, no transposition, no dropout.
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
-        let Some((set, options)) = &self.valid else { return Ok(Vec::new()) };
-        let loader = Loader::new(Arc::clone(set), options.clone())?;
-        super::trainer::validation_loss(&loader, max_batches, self.seed, |batch| self.loss_of(batch, false))
+        let valid = self.valid.clone();
+        super::trainer::validation_means(&valid, max_batches, self.seed, |batch| {
+            let (logits, targets) = self.target_logits(batch, false)?;
+            Ok(super::trainer::remi_figures(&logits, &targets))
+        })
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -23,6 +24,7 @@ use super::checkpoint::{self, Backbone, CheckpointDir, TensorGroups};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{learning_rate, ScheduleConfig};
+use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet};
 use crate::progress::Progress;
 use crate::yaml::{Problems, Validate};
 
@@ -147,10 +149,42 @@ pub struct MicroLoss {
     pub parts: Vec<(String, f64)>,
 }
 
+/// Where a task's micro-batches come from: the loader, for every stage.
+pub trait BatchSource {
+    type Batch;
+    /// Micro-batches per epoch on this process.
+    fn batches_per_epoch(&self) -> usize;
+    /// Samples in a micro-batch (for throughput).
+    fn batch_samples(&self, batch: &Self::Batch) -> usize;
+    /// The micro-batches of `epoch` from position `start` on (independent of the source, so the
+    /// loop can run the model while the iterator prefetches).
+    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Self::Batch>>;
+}
+
+impl BatchSource for Loader {
+    type Batch = Batch;
+
+    fn batches_per_epoch(&self) -> usize {
+        Loader::batches_per_epoch(self)
+    }
+
+    fn batch_samples(&self, batch: &Batch) -> usize {
+        batch.len()
+    }
+
+    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Batch>> {
+        Box::new(Loader::batches(self, epoch, start))
+    }
+}
+
+/// The micro-batch type of a task.
+pub type BatchOf<T> = <<T as Task>::Data as BatchSource>::Batch;
+
 /// What a training stage provides to the loop.
 pub trait Task {
-    type Batch;
-    /// The variables the optimizer trains, by their checkpoint names.
+    type Data: BatchSource;
+    /// The variables the optimizer trains, by their checkpoint names (in any order: the
+    /// trainer sorts them by name, so every rank sees one order).
     fn parameters(&self) -> Vec<(String, Tensor)>;
     /// The model tensors a checkpoint keeps and a resume restores (torchtitan's `states`): by
     /// default what trains; frozen backbones are named by [`Task::backbones`] instead, so a
@@ -163,15 +197,10 @@ pub trait Task {
         Vec::new()
     }
     fn device(&self) -> Device;
-    /// Micro-batches per epoch on this process.
-    fn batches_per_epoch(&self) -> usize;
-    /// Samples in a micro-batch (for throughput).
-    fn batch_samples(&self, batch: &Self::Batch) -> usize;
-    /// The micro-batches of `epoch` from position `start` on (independent of `self`, so the
-    /// loop can run the model while the iterator prefetches).
-    fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Self::Batch>>;
+    /// The training micro-batches of this process.
+    fn data(&self) -> &Self::Data;
     /// Forward pass of one micro-batch in training mode.
-    fn loss(&mut self, batch: &Self::Batch) -> Result<MicroLoss>;
+    fn loss(&mut self, batch: &BatchOf<Self>) -> Result<MicroLoss>;
     /// Validation figures; the one named `val/loss` selects the best checkpoint.
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>>;
 }
@@ -197,6 +226,14 @@ impl TrainState {
 }
 
 /// Seed of micro-batch `micro` of step `step`: a SplitMix64 mix, so neighbouring steps get
+/// A task's parameters in name order: collectives pair tensors by position, so every rank must
+/// list them alike (a `VarStore`'s own order differs between processes).
+fn sorted_parameters<T: Task + ?Sized>(task: &T) -> Vec<(String, Tensor)> {
+    let mut params = task.parameters();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
+}
+
 /// unrelated streams.
 pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ micro.wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -270,7 +307,8 @@ impl<'a> Trainer<'a> {
     /// trained on other backbones) is checked before the run folder is touched.
     pub fn fit<T: Task>(&self, task: &mut T, resume: bool) -> Result<Outcome> {
         let mut run = self.start(task, resume)?;
-        self.collective.broadcast(&task.parameters().into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+        // Every rank starts from rank 0's weights, matched by name (see `sorted_parameters`).
+        self.collective.broadcast(&sorted_parameters(task).into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("cannot create the run folder {}", self.run_dir.display()))?;
         if self.is_main() {
             crate::atomic::write(&self.run_dir.join(crate::yaml::RESOLVED_NAME), self.resolved_config.as_bytes())?;
@@ -278,7 +316,7 @@ impl<'a> Trainer<'a> {
         }
         let todo = run.end_step.saturating_sub(run.state.step);
         let progress = if self.is_main() && !self.quiet { Progress::new("train", todo) } else { Progress::hidden("train", todo) };
-        let mut batches = task.batches(run.state.epoch, run.state.position);
+        let mut batches = task.data().batches(run.state.epoch, run.state.position);
         let mut final_validation = Vec::new();
         while run.state.step < run.end_step {
             let (parts, samples, report) = self.step(task, &mut run, &mut batches)?;
@@ -305,7 +343,7 @@ impl<'a> Trainer<'a> {
 
     /// Fresh state, or the latest checkpoint restored strictly; nothing is written.
     fn start<T: Task>(&self, task: &mut T, resume: bool) -> Result<Run> {
-        let batches_per_epoch = task.batches_per_epoch();
+        let batches_per_epoch = task.data().batches_per_epoch();
         let accum = self.cfg.grad_accum.max(1);
         if batches_per_epoch < accum {
             bail!(
@@ -348,7 +386,7 @@ impl<'a> Trainer<'a> {
 
     /// One optimizer step: the micro-batches' forward and backward passes, the gradient
     /// all-reduce, fp16 unscaling, clipping and the AdamW update.
-    fn step<T: Task>(&self, task: &mut T, run: &mut Run, batches: &mut Box<dyn Iterator<Item = T::Batch>>) -> Result<(BTreeMap<String, f64>, usize, StepReport)> {
+    fn step<T: Task>(&self, task: &mut T, run: &mut Run, batches: &mut Box<dyn Iterator<Item = BatchOf<T>>>) -> Result<(BTreeMap<String, f64>, usize, StepReport)> {
         let cfg = &self.cfg;
         let accum = cfg.grad_accum.max(1);
         let step = run.state.step;
@@ -362,12 +400,12 @@ impl<'a> Trainer<'a> {
                     None => {
                         run.state.epoch += 1;
                         run.state.position = 0;
-                        *batches = task.batches(run.state.epoch, 0);
+                        *batches = task.data().batches(run.state.epoch, 0);
                     }
                 }
             };
             run.state.position += 1;
-            samples += task.batch_samples(&batch);
+            samples += task.data().batch_samples(&batch);
             tch::manual_seed(step_seed(self.seed, step, micro as u64));
             let loss = task.loss(&batch)?;
             let value = loss.total.double_value(&[]);
@@ -432,7 +470,7 @@ impl<'a> Trainer<'a> {
         scalars.push(("loss_scale".into(), if fp16 { run.scaler.scale() } else { 1.0 }));
         scalars.push(("skipped_steps".into(), run.state.skipped_steps as f64));
         scalars.push(("epoch".into(), run.state.epoch as f64));
-        scalars.extend(memory_mib());
+        scalars.extend(super::metrics::memory_mib());
         self.log(&format!("step {}/{} {}", run.state.step, run.end_step, format_parts(&scalars)));
         if let Some(m) = run.metrics.as_mut() {
             m.log(run.state.step, &as_refs(&scalars))?;
@@ -496,16 +534,50 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// `val/loss`: the mean of `loss` over the loader's first `max_batches` batches (all when
-/// unset), without gradients, each batch under a fixed seed.
-pub fn validation_loss(loader: &crate::data::loader::Loader, max_batches: Option<usize>, seed: u64, mut loss: impl FnMut(&crate::data::loader::Batch) -> Result<Tensor>) -> Result<Vec<(String, f64)>> {
-    let (mut sum, mut count) = (0.0, 0usize);
+/// Validation figures: the mean of each figure `figures` gives per batch (`loss`, ...), as
+/// `val/<name>`, over the first `max_batches` batches (all when unset) of the validation split
+/// (none: no figures), without gradients, each batch under a fixed seed.
+pub fn validation_means(
+    valid: &Option<(Arc<PairSet>, LoaderOptions)>,
+    max_batches: Option<usize>,
+    seed: u64,
+    mut figures: impl FnMut(&Batch) -> Result<Vec<(String, f64)>>,
+) -> Result<Vec<(String, f64)>> {
+    let Some((set, options)) = valid else { return Ok(Vec::new()) };
+    let loader = Loader::new(Arc::clone(set), options.clone())?;
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut count = 0usize;
     for (i, batch) in loader.batches(0, 0).take(max_batches.unwrap_or(usize::MAX)).enumerate() {
         tch::manual_seed(step_seed(seed, u64::MAX, i as u64));
-        sum += tch::no_grad(|| loss(&batch))?.double_value(&[]);
+        let parts = tch::no_grad(|| figures(&batch))?;
+        if sums.is_empty() {
+            sums = parts.iter().map(|(k, _)| (format!("val/{k}"), 0.0)).collect();
+        }
+        for (sum, (_, v)) in sums.iter_mut().zip(&parts) {
+            sum.1 += v;
+        }
         count += 1;
     }
-    Ok(if count == 0 { Vec::new() } else { vec![("val/loss".into(), sum / count as f64)] })
+    for sum in &mut sums {
+        sum.1 /= count.max(1) as f64;
+    }
+    Ok(sums)
+}
+
+/// Loss and next-token accuracy of a REMI model's target logits [N, V] (fp32) and tokens [N]:
+/// `loss`, `accuracy`, and `pitch_accuracy` on the `p-*` targets (what copying the lead sheet's
+/// melody needs).
+pub fn remi_figures(logits: &Tensor, targets: &Tensor) -> Vec<(String, f64)> {
+    let hits = logits.argmax(-1, false).eq_tensor(targets).to_kind(Kind::Float);
+    let pitch0 = i64::from(crate::data::encodings::remi::token_id("p-0"));
+    let is_pitch = targets.ge(pitch0).logical_and(&targets.lt(pitch0 + 256)).to_kind(Kind::Float);
+    let pitches = is_pitch.sum(Kind::Float).double_value(&[]);
+    let pitch_hits = (&hits * &is_pitch).sum(Kind::Float).double_value(&[]);
+    vec![
+        ("loss".into(), logits.cross_entropy_for_logits(targets).double_value(&[])),
+        ("accuracy".into(), hits.mean(Kind::Float).double_value(&[])),
+        ("pitch_accuracy".into(), if pitches > 0.0 { pitch_hits / pitches } else { f64::NAN }),
+    ]
 }
 
 /// Running means of the logged parts between two log lines, and throughput.
@@ -545,18 +617,6 @@ fn as_refs(scalars: &[(String, f64)]) -> Vec<(&str, f64)> {
 
 fn format_parts(parts: &[(String, f64)]) -> String {
     parts.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
-}
-
-/// Resident and peak resident memory of this process (Linux), in MiB.
-fn memory_mib() -> Vec<(String, f64)> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-    };
-    [("memory_rss_mib", "VmRSS:"), ("memory_peak_mib", "VmHWM:")]
-        .into_iter()
-        .filter_map(|(key, field_name)| field(field_name).map(|kb| (key.to_string(), kb / 1024.0)))
-        .collect()
 }
 
 fn tensor_groups<T: Task>(task: &T, optimizer: &AdamW, scaler: &GradScaler) -> TensorGroups {
@@ -613,14 +673,8 @@ mod tests {
         }
     }
 
-    impl Task for Toy {
+    impl BatchSource for Toy {
         type Batch = (u64, usize);
-        fn parameters(&self) -> Vec<(String, Tensor)> {
-            crate::train::optimizer::trainable(&self.vs)
-        }
-        fn device(&self) -> Device {
-            Device::Cpu
-        }
         fn batches_per_epoch(&self) -> usize {
             self.data.len() / self.batch
         }
@@ -630,7 +684,20 @@ mod tests {
         fn batches(&self, epoch: u64, start: usize) -> Box<dyn Iterator<Item = Self::Batch>> {
             Box::new((start..self.batches_per_epoch()).map(move |p| (epoch, p)))
         }
-        fn loss(&mut self, &(epoch, position): &Self::Batch) -> Result<MicroLoss> {
+    }
+
+    impl Task for Toy {
+        type Data = Self;
+        fn parameters(&self) -> Vec<(String, Tensor)> {
+            crate::models::weights::trainable(&self.vs)
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+        fn data(&self) -> &Self {
+            self
+        }
+        fn loss(&mut self, &(epoch, position): &(u64, usize)) -> Result<MicroLoss> {
             self.calls += 1;
             // Epoch-dependent order, as a shuffling loader would give.
             let rows: Vec<(f32, f32)> = (0..self.batch).map(|k| self.data[(position * self.batch + k + epoch as usize * 5) % self.data.len()]).collect();

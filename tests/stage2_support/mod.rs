@@ -10,7 +10,7 @@ use stylebridge::data::pairing::{octuple_ids, remi_ids};
 use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stylebridge");
+use crate::run_support::BIN;
 pub const CODEBOOK: u16 = 32;
 /// 4/4 in the OctupleMIDI time-signature table.
 pub const FOUR_FOUR: u32 = 9;
@@ -102,13 +102,4 @@ pub fn backbones(dir: &Path) {
     write_shards(&dir.join("shards"), 16, 4);
     ok(&["train", stage1_config(dir).to_str().unwrap()]);
     ok(&["train", musecoco_lm_config(dir).to_str().unwrap()]);
-}
-
-pub fn latest(run_dir: &Path) -> Option<PathBuf> {
-    let name = std::fs::read_to_string(run_dir.join("checkpoints/latest")).ok()?;
-    Some(run_dir.join("checkpoints").join(name.trim()))
-}
-
-pub fn file(path: PathBuf) -> Vec<u8> {
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
