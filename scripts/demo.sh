@@ -4,7 +4,11 @@
 # POP909-style song folder and from MIDI + chord file, tokens in both encodings; then the stage-1
 # pipeline on the embedded corpus: corpus synth -> prepare (tiny EnCodec at the real 32 kHz /
 # 50 Hz shape) -> a tiny MusicGen pretrained as an LM on the training split's codes (SPEC 9) ->
-# stage-1 training (experiments/demo.yaml) -> retrieval evaluation, whose table is printed at the end.
+# stage-1 training (experiments/demo.yaml) -> retrieval evaluation; then the half that arranges:
+# a tiny MuseCoco pretrained as an LM on the training split's REMI sequences (SPEC 9,
+# experiments/demo_musecoco.yaml) -> stage-2 training (experiments/demo_stage2.yaml) -> one
+# `arrange` shown as a user runs it -> the style-transfer table on held-out lead sheets.
+# DEMO_WO_PT=1 also trains and judges the "w/o PT" ablation (a Q-Former that skipped stage 1).
 # Usage: bash scripts/demo.sh BIN OUT_DIR
 set -euo pipefail
 BIN=${1:?usage: demo.sh BIN OUT_DIR}
@@ -56,5 +60,27 @@ rm -rf "$OUT/stage1"
 echo "== retrieval evaluation on the test split"
 "$BIN" eval retrieval --checkpoint "$OUT/stage1" --data "$OUT/shards" --out "$OUT/stage1"
 
+echo "== MuseCoco stand-in: a tiny MuseCoco pretrained as a language model over the training split's REMI sequences"
+rm -rf "$OUT/musecoco"
+"$BIN" train experiments/demo_musecoco.yaml --set output_dir="$OUT" --set data.shards="$OUT/shards"
+STAGE2=(--set output_dir="$OUT" --set data.shards="$OUT/shards" --set model.musecoco.checkpoint="$OUT/musecoco/musecoco")
+echo "== stage-2 training (experiments/demo_stage2.yaml): the stage-1 Q-Former + frozen MuseCoco with LoRA"
+rm -rf "$OUT/stage2"
+"$BIN" train experiments/demo_stage2.yaml "${STAGE2[@]}" --set model.stage1="$OUT/stage1"
+COMPARE=()
+if [ "${DEMO_WO_PT:-0}" = 1 ]; then
+    echo "== the \"w/o PT\" ablation: the same stage 2 from a Q-Former that skipped stage 1"
+    rm -rf "$OUT/stage2_wo_pt"
+    "$BIN" train experiments/demo_stage2_wo_pt.yaml "${STAGE2[@]}" --set model.musicgen.checkpoint="$OUT/musicgen"
+    COMPARE=(--compare "w/o PT=$OUT/stage2_wo_pt")
+fi
+echo "== style transfer: held-out test lead sheets x test-split references of each style their meter allows"
+"$BIN" eval style-transfer --checkpoint "$OUT/stage2" "${COMPARE[@]}" --corpus "$OUT/corpus" --data "$OUT/shards" \
+    --out "$OUT/arrange" --render
+SHEET=$(ls "$OUT/arrange/leadsheets" | head -n 1)
+REF=$(ls "$OUT/corpus" | grep '_bossa\.wav$' | head -n 1)
+echo "== arrange, as a user runs it: $SHEET in the style of $REF, best of 3, with pedal"
+"$BIN" arrange --checkpoint "$OUT/stage2" --leadsheet "$OUT/arrange/leadsheets/$SHEET" --reference "$OUT/corpus/$REF" \
+    --num-samples 3 --pedal -o "$OUT/arrange/cover.mid" --render "$OUT/arrange/cover.wav" --threads 1
 echo "== demo outputs in $OUT"
 ls -l "$OUT"

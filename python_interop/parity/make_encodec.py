@@ -1,7 +1,7 @@
 """Build a tiny random HF `EncodecModel`, save it with `save_pretrained`, and dump reference codes.
 
-Used by tests/parity_encodec.rs:
-    python make_encodec.py OUT_DIR --variant {music32k,causal} [--dtype D] [--legacy-names]
+Used by tests/parity_encodec.rs (and tests/arrange.rs for an EnCodec BOSSA's checkpoints can read):
+    python make_encodec.py OUT_DIR --variant {music32k,codes2048,causal} [--dtype D] [--legacy-names]
 Writes OUT_DIR/model/ (config.json + model.safetensors, as `save_pretrained` writes them) and
 OUT_DIR/reference.safetensors with `audio` [1, 1, L] (float32) and `codes` [n_q, T] (int64):
 `EncodecModel.encode(audio).audio_codes[0, 0]`.
@@ -19,6 +19,14 @@ VARIANTS = {
         sampling_rate=8000, upsampling_ratios=[4, 2, 2], num_filters=4, hidden_size=8, codebook_size=32,
         # 4 quantizers: floor(1000 * 10.0 / (ceil(8000 / 16) * log2(32)))
         target_bandwidths=[10.0], use_causal_conv=False, pad_mode="reflect", use_conv_shortcut=False,
+        num_lstm_layers=2, num_residual_layers=1, kernel_size=7, last_kernel_size=7,
+    ),
+    # music32k with 2048-code codebooks, as facebook/encodec_32khz has: what MusicGen's (and so
+    # BOSSA's checkpoints') embeddings of 2048 + 1 rows read.
+    "codes2048": dict(
+        sampling_rate=8000, upsampling_ratios=[4, 2, 2], num_filters=4, hidden_size=8, codebook_size=2048,
+        # 4 quantizers: floor(1000 * 22.0 / (ceil(8000 / 16) * log2(2048)))
+        target_bandwidths=[22.0], use_causal_conv=False, pad_mode="reflect", use_conv_shortcut=False,
         num_lstm_layers=2, num_residual_layers=1, kernel_size=7, last_kernel_size=7,
     ),
     "causal": dict(

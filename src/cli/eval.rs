@@ -1,4 +1,5 @@
-//! `stylebridge eval retrieval --checkpoint CKPT --data SHARDS`: the paper's retrieval protocol.
+//! `stylebridge eval retrieval --checkpoint CKPT --data SHARDS`: the paper's retrieval protocol;
+//! `stylebridge eval style-transfer`: the demo's style-transfer table.
 use anyhow::{ensure, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Args {
 enum Protocol {
     /// Audio-to-MIDI retrieval (Tables 2 and 3): Acc@1, Acc@5, mean rank over resampled runs.
     Retrieval(RetrievalArgs),
+    /// Style transfer on the embedded corpus, named by an independent style judge (the demo).
+    StyleTransfer(super::style_transfer::Args),
 }
 
 #[derive(clap::Args)]
@@ -44,6 +47,7 @@ struct RetrievalArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.protocol {
         Protocol::Retrieval(a) => run_retrieval(a),
+        Protocol::StyleTransfer(a) => super::style_transfer::run(a),
     }
 }
 

@@ -15,6 +15,7 @@ mod leadsheet;
 mod prepare;
 mod render;
 mod segments;
+mod style_transfer;
 mod tokens;
 mod train;
 
