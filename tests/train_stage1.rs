@@ -6,12 +6,11 @@ mod run_support;
 mod shards_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
-use run_support::{file, kill_after_first_checkpoint, latest, BIN};
+use run_support::{file, kill_after_first_checkpoint, latest, ok, run, train_refused};
 const CODEBOOK: u16 = 32;
 
 /// One synthetic pair: codes and notes both derived from a per-song "style" id.
@@ -69,10 +68,6 @@ eval:
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("STYLEBRIDGE_PROGRESS_SECS", "3600").output().unwrap()
 }
 
 #[test]
@@ -171,11 +166,7 @@ fn configs_that_do_not_fit_fail_clearly() {
         (&["--set", "train.lr=1"], "unknown field `lr`"),
     ];
     for (extra, want) in cases {
-        let mut args = vec!["train", cfg.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        train_refused(&cfg, extra, want);
         let _ = std::fs::remove_dir_all(dir.path().join("bad"));
     }
     let missing = run(&["train", cfg.to_str().unwrap(), "--set", &format!("data.shards={}", dir.path().join("nope").display())]);
@@ -205,7 +196,7 @@ fn a_resume_that_does_not_fit_leaves_the_run_untouched() {
     write_shards(&dir.path().join("shards"), 16, 4);
     let cfg = config(dir.path(), "resumed", 2);
     let cfg = cfg.to_str().unwrap();
-    ok_run(&["train", cfg, "--set", "train.max_steps=4"]);
+    ok(&["train", cfg, "--set", "train.max_steps=4"]);
     let run_dir = dir.path().join("resumed");
     let before = snapshot(&run_dir);
     let cases: [(&[&str], &[&str]); 3] = [
@@ -225,7 +216,7 @@ fn a_resume_that_does_not_fit_leaves_the_run_untouched() {
         assert!(snapshot(&run_dir) == before, "{extra:?} changed the run folder");
     }
     // Operational keys may change: the run goes on to its end.
-    ok_run(&["train", cfg, "--resume", "--set", "train.log_every=2", "--set", "train.keep_last=3"]);
+    ok(&["train", cfg, "--resume", "--set", "train.log_every=2", "--set", "train.keep_last=3"]);
     assert!(latest(&run_dir).unwrap().ends_with("step-00000008"));
 
     // A damaged latest checkpoint is named, with the previous complete one to go back to.
@@ -257,11 +248,7 @@ fn refused_runs_leave_no_run_folder_and_nonsense_configs_are_refused() {
         (&["--set", "train.device=tpu"], "`train.device` is `tpu`"),
     ];
     for (extra, want) in cases {
-        let mut args = vec!["train", cfg];
-        args.extend_from_slice(extra);
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        train_refused(Path::new(cfg), extra, want);
         assert!(!dir.path().join("refused").exists(), "{extra:?} left a run folder");
     }
     // `config` shows the same checks before anything runs.
@@ -275,7 +262,7 @@ fn evaluation_on_a_missing_gpu_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     write_shards(&dir.path().join("shards"), 8, 4);
     let cfg = config(dir.path(), "gpu", 1);
-    ok_run(&["train", cfg.to_str().unwrap()]);
+    ok(&["train", cfg.to_str().unwrap()]);
     if tch::Cuda::is_available() {
         return; // the machine has the device asked for
     }
@@ -284,10 +271,4 @@ fn evaluation_on_a_missing_gpu_is_an_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("device `cuda` is not available") && err.contains("no CUDA device"), "{err}");
-}
-
-fn ok_run(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
 }

@@ -6,7 +6,7 @@ mod run_support;
 mod shards_support;
 mod stage2_support;
 
-use run_support::{file, kill_after_first_checkpoint, latest};
+use run_support::{file, kill_after_first_checkpoint, latest, train_refused};
 use stage2_support::*;
 
 #[test]
@@ -61,11 +61,7 @@ fn stage2_configs_that_cannot_train_are_refused_before_the_run_folder_exists() {
         (&["--set", "model.stage1=null"], "`model.musicgen` must be given"),
     ];
     for (extra, want) in cases {
-        let mut args = vec!["train", cfg.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{extra:?}: {err}");
+        train_refused(&cfg, extra, want);
         assert!(!dir.path().join("bad").exists(), "{extra:?} left a run folder");
     }
     // A stage-1 run is no MuseCoco, and a stage-2 run no stage-1 model.

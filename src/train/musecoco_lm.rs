@@ -126,14 +126,13 @@ impl Task for MusecocoLmTask {
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
         let (logits, targets) = self.target_logits(batch, true)?;
-        let total = logits.cross_entropy_for_logits(&targets);
-        Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
+        Ok(super::losses::next_token(&logits, &targets))
     }
 
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
         super::trainer::validation_means(&self.valid, max_batches, self.seed, |batch| {
             let (logits, targets) = self.target_logits(batch, false)?;
-            Ok(super::trainer::remi_figures(&logits, &targets))
+            Ok(super::losses::next_token_figures(&logits, &targets))
         })
     }
 }

@@ -411,8 +411,7 @@ impl Task for Stage2Task {
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
         let (logits, targets) = self.target_logits(batch, true)?;
-        let total = logits.cross_entropy_for_logits(&targets);
-        Ok(MicroLoss { parts: vec![("loss".into(), total.double_value(&[]))], total })
+        Ok(super::losses::next_token(&logits, &targets))
     }
 
     /// Validation loss and accuracy: centred windows, no transposition, no dropout.
@@ -420,7 +419,7 @@ impl Task for Stage2Task {
         let valid = self.valid.clone();
         super::trainer::validation_means(&valid, max_batches, self.seed, |batch| {
             let (logits, targets) = self.target_logits(batch, false)?;
-            Ok(super::trainer::remi_figures(&logits, &targets))
+            Ok(super::losses::next_token_figures(&logits, &targets))
         })
     }
 }

@@ -564,22 +564,6 @@ pub fn validation_means(
     Ok(sums)
 }
 
-/// Loss and next-token accuracy of a REMI model's target logits [N, V] (fp32) and tokens [N]:
-/// `loss`, `accuracy`, and `pitch_accuracy` on the `p-*` targets (what copying the lead sheet's
-/// melody needs).
-pub fn remi_figures(logits: &Tensor, targets: &Tensor) -> Vec<(String, f64)> {
-    let hits = logits.argmax(-1, false).eq_tensor(targets).to_kind(Kind::Float);
-    let pitch0 = i64::from(crate::data::encodings::remi::token_id("p-0"));
-    let is_pitch = targets.ge(pitch0).logical_and(&targets.lt(pitch0 + 256)).to_kind(Kind::Float);
-    let pitches = is_pitch.sum(Kind::Float).double_value(&[]);
-    let pitch_hits = (&hits * &is_pitch).sum(Kind::Float).double_value(&[]);
-    vec![
-        ("loss".into(), logits.cross_entropy_for_logits(targets).double_value(&[])),
-        ("accuracy".into(), hits.mean(Kind::Float).double_value(&[])),
-        ("pitch_accuracy".into(), if pitches > 0.0 { pitch_hits / pitches } else { f64::NAN }),
-    ]
-}
-
 /// Running means of the logged parts between two log lines, and throughput.
 struct LogWindow {
     started: Instant,

@@ -3,14 +3,13 @@
 //! stage-1 run, a MuseCoco pretrained as a language model, stage 2 itself), each a few steps.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use stylebridge::data::encodings::Octuple;
 use stylebridge::data::pairing::{octuple_ids, remi_ids};
 use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
-use crate::run_support::BIN;
+pub use crate::run_support::{ok, run};
 pub const CODEBOOK: u16 = 32;
 /// 4/4 in the OctupleMIDI time-signature table.
 pub const FOUR_FOUR: u32 = 9;
@@ -87,15 +86,6 @@ pub fn stage2_wo_pt_config(dir: &Path, name: &str) -> PathBuf {
     write_config(dir, name, &model, 1)
 }
 
-pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("STYLEBRIDGE_PROGRESS_SECS", "3600").output().unwrap()
-}
-
-pub fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 /// Shards, a stage-1 run and a MuseCoco LM under `dir` (train 16 pairs, valid 4).
 pub fn backbones(dir: &Path) {
