@@ -5,7 +5,9 @@
 //! `python_interop/bench_bossa_step.py` times the same demo step in BOSSA's PyTorch code.
 //!
 //! `make cargo ARGS="bench --bench stage1_step"`; STAGE1_BENCH_THREADS sets torch threads (default 2),
-//! STAGE1_BENCH_STEPS the timed steps (default 5).
+//! STAGE1_BENCH_STEPS the timed steps (default 5), STAGE1_BENCH_SIZES the configs (default
+//! `demo,medium`), STAGE1_BENCH_OBJECTIVES the objective sets (default `C,CM,CMG`; e.g. `CMG`
+//! alone to profile the step BOSSA's bench times).
 use std::path::Path;
 use std::time::Instant;
 
@@ -66,7 +68,8 @@ fn bench(label: &str, model_cfg: &ModelConfig, batch: i64, max_notes: i64, steps
         Stage1Model::new(&ModelConfig { objectives: Objectives::C, ..model_cfg.clone() }, Precision::Fp32, Device::Cpu, 0).expect("model");
     let (trainable, frozen) = parameter_counts(&features_model, model_cfg);
     println!("  parameters: {trainable} trainable (Q-Former, heads, audio LayerNorm), frozen MusicGen layers {frozen}");
-    for objectives in [Objectives::C, Objectives::CM, Objectives::CMG] {
+    let wanted = std::env::var("STAGE1_BENCH_OBJECTIVES").unwrap_or_else(|_| "C,CM,CMG".into());
+    for objectives in [Objectives::C, Objectives::CM, Objectives::CMG].into_iter().filter(|o| wanted.split(',').any(|w| w == format!("{o:?}"))) {
         let cfg = ModelConfig { objectives, cache_features: false, ..model_cfg.clone() };
         let mut model = Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 0).expect("model");
         let mut opt = AdamW::new(stylebridge::models::weights::trainable(&model.vs), AdamWConfig::default());
@@ -111,7 +114,14 @@ fn main() {
         tiny: Some(TinyMusicgen::default()),
         ..MusicgenSource::default()
     };
-    bench("demo (experiments/demo.yaml)", &demo_model, demo.train.batch_size as i64, demo.data.max_notes as i64, steps);
+    let sizes = std::env::var("STAGE1_BENCH_SIZES").unwrap_or_else(|_| "demo,medium".into());
+    let sizes: Vec<&str> = sizes.split(',').collect();
+    if sizes.contains(&"demo") {
+        bench("demo (experiments/demo.yaml)", &demo_model, demo.train.batch_size as i64, demo.data.max_notes as i64, steps);
+    }
+    if !sizes.contains(&"medium") {
+        return;
+    }
 
     let mut medium = demo_model.clone();
     medium.musicgen.tiny = Some(TinyMusicgen { hidden_size: 256, num_hidden_layers: 8, num_attention_heads: 8, ffn_dim: 1024, ..TinyMusicgen::default() });

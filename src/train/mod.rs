@@ -1,6 +1,7 @@
 //! Training building blocks: optimizer, learning-rate schedule, mixed precision,
 //! checkpoints and metrics.
 pub mod amp;
+pub mod batch;
 pub mod checkpoint;
 pub mod distributed;
 pub mod losses;

@@ -123,15 +123,15 @@ impl Inputs {
         let Symbolic::Stage1 { notes, tokens, is_lead_sheet, is_real } = &batch.symbolic else {
             bail!("stage 1 needs OctupleMIDI batches (the loader was built for stage 2)");
         };
-        let b = batch.len() as i64;
-        let (n_q, frames, notes) = (batch.n_q as i64, batch.frames as i64, *notes as i64);
-        let mask = |v: &[u8], cols: i64| Tensor::from_slice(v).view([b, cols]).to_kind(Kind::Float).to_device(device);
+        let (b, notes) = (batch.len() as i64, *notes as i64);
+        let (codes, audio_mask) = super::batch::audio(batch, device);
+        let mask = |v: &[u8]| super::batch::mask(v, b, notes, device);
         Ok(Self {
-            codes: Tensor::from_slice(&batch.codes).view([b, n_q, frames]).to_device(device),
-            audio_mask: mask(&batch.audio_mask, frames),
+            codes,
+            audio_mask,
             tokens: Tensor::from_slice(tokens).view([b, notes * NOTE_WIDTH]).to_device(device),
-            is_lead_sheet: mask(is_lead_sheet, notes),
-            is_real: mask(is_real, notes),
+            is_lead_sheet: mask(is_lead_sheet),
+            is_real: mask(is_real),
         })
     }
 }

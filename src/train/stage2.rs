@@ -351,15 +351,15 @@ impl Inputs {
         let Symbolic::Stage2 { len, tokens, is_target, is_real } = &batch.symbolic else {
             bail!("stage 2 needs REMI batches (the loader was built for stage 1)");
         };
-        let b = batch.len() as i64;
-        let (n_q, frames, len) = (batch.n_q as i64, batch.frames as i64, *len as i64);
-        let mask = |v: &[u8], cols: i64| Tensor::from_slice(v).view([b, cols]).to_kind(Kind::Float).to_device(device);
+        let (b, len) = (batch.len() as i64, *len as i64);
+        let (codes, audio_mask) = super::batch::audio(batch, device);
+        let mask = |v: &[u8]| super::batch::mask(v, b, len, device);
         Ok(Self {
-            codes: Tensor::from_slice(&batch.codes).view([b, n_q, frames]).to_device(device),
-            audio_mask: mask(&batch.audio_mask, frames),
+            codes,
+            audio_mask,
             tokens: Tensor::from_slice(tokens).view([b, len]).to_device(device),
-            is_target: mask(is_target, len),
-            is_real: mask(is_real, len),
+            is_target: mask(is_target),
+            is_real: mask(is_real),
         })
     }
 }
