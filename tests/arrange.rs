@@ -171,6 +171,19 @@ fn bad_inputs_name_the_file_and_the_problem() {
             assert!(err.contains(&want), "{extra:?}: {err}");
         }
     }
+    // Outputs never land on an input or on each other (the record is OUT.json).
+    let record = path(dir.join("bad/out.json"));
+    for (extra, want) in [
+        (vec!["-o", lead], "the lead sheet and the output MIDI are the same file"),
+        (vec!["-o", out, "--tokens", record], "the record and --tokens are the same file"),
+        (vec!["-o", out, "--render", path(dir.join("low.wav"))], "a reference and --render are the same file"),
+    ] {
+        let mut args = vec!["--leadsheet", lead, "--reference", path(dir.join("low.wav"))];
+        args.extend(extra.iter().copied());
+        let o = arrange(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains(want), "{extra:?}: {err}");
+    }
     let empty = arrange(&["--leadsheet", path(dir.join("empty.mid")), "--reference", path(dir.join("low.wav")), "-o", out]);
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty.mid") && String::from_utf8_lossy(&empty.stderr).contains("no notes"), "{}", String::from_utf8_lossy(&empty.stderr));
 

@@ -158,7 +158,9 @@ pub fn run(args: Args) -> Result<()> {
             pedal: args.pedal,
             settings: settings(row.seed)?,
         };
-        let result = arranger.arrange(&job).and_then(|outcome| write_outputs(&args, row, &job, &arranger, &outcome, synth.as_ref()));
+        let result = distinct_paths(&args, row)
+            .and_then(|()| arranger.arrange(&job))
+            .and_then(|outcome| write_outputs(&args, row, &job, &arranger, &outcome, synth.as_ref()));
         progress.inc(1);
         match result {
             Ok(summary) => super::emit(&summary)?,
@@ -250,6 +252,32 @@ struct Record<'a> {
     candidates: Vec<serde_json::Value>,
     windows: &'a [WindowTiming],
     clip_start_frames: &'a [Vec<i64>],
+}
+
+/// The files a row writes ([`write_outputs`]) and reads, each named once: an output on top of
+/// another, or of an input (`-o song.mid --leadsheet song.mid`), would lose it.
+fn distinct_paths(args: &Args, row: &Row) -> Result<()> {
+    let out = &row.output;
+    let batch = args.batch.is_some();
+    let mut files: Vec<(&str, PathBuf)> = vec![("the lead sheet", row.leadsheet.clone())];
+    files.extend(row.references.iter().map(|r| ("a reference", r.clone())));
+    files.push(("the output MIDI", out.clone()));
+    files.push(("the record", out.with_extension("json")));
+    if let Some(tokens) = &args.tokens {
+        files.push(("--tokens", if batch { out.with_extension("tokens.json") } else { tokens.clone() }));
+    }
+    if let Some(wav) = &args.render {
+        files.push(("--render", if batch { out.with_extension("wav") } else { wav.clone() }));
+    }
+    let absolute: Vec<PathBuf> = files.iter().map(|(_, p)| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
+    for (i, a) in absolute.iter().enumerate() {
+        for (j, b) in absolute.iter().enumerate().take(i) {
+            // Inputs may repeat (a reference mixed with itself): they are only read.
+            let both_inputs = i <= row.references.len();
+            ensure!(a != b || both_inputs, "{} and {} are the same file {}: choose another output name", files[j].0, files[i].0, files[i].1.display());
+        }
+    }
+    Ok(())
 }
 
 /// Write the MIDI files, the record, and the optional token list and rendering; a line to print.
