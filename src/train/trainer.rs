@@ -225,7 +225,6 @@ impl TrainState {
     }
 }
 
-/// Seed of micro-batch `micro` of step `step`: a SplitMix64 mix, so neighbouring steps get
 /// A task's parameters in name order: collectives pair tensors by position, so every rank must
 /// list them alike (a `VarStore`'s own order differs between processes).
 fn sorted_parameters<T: Task + ?Sized>(task: &T) -> Vec<(String, Tensor)> {
@@ -234,6 +233,7 @@ fn sorted_parameters<T: Task + ?Sized>(task: &T) -> Vec<(String, Tensor)> {
     params
 }
 
+/// Seed of micro-batch `micro` of step `step`: a SplitMix64 mix, so neighbouring steps get
 /// unrelated streams.
 pub fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
     let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ micro.wrapping_mul(0xbf58_476d_1ce4_e5b9);
