@@ -1,10 +1,10 @@
 //! `stylebridge eval retrieval --checkpoint CKPT --data SHARDS`: the paper's retrieval protocol;
 //! `stylebridge eval style-transfer`: the demo's style-transfer table.
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{self, ExperimentConfig, RESOLVED_NAME};
+use crate::config::{self, ExperimentConfig, ModelConfig, RESOLVED_NAME};
 use crate::data::loader::{LoaderOptions, PairSet, Stage};
 use crate::eval::retrieval::{self, Source};
 use crate::train::checkpoint;
@@ -58,7 +58,9 @@ fn run_retrieval(args: RetrievalArgs) -> Result<()> {
         tch::set_num_threads(threads as i32);
     }
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&cfg.train.device))?;
-    let (mut model, _) = Stage1Model::from_run(&dir, device, cfg.train.precision)?;
+    // The run's model as trained, with any `--set model.*` the user gives.
+    let ModelConfig::Stage1(model_cfg) = &cfg.model else { bail!("{} is not a stage-1 run: retrieval evaluates stage 1", dir.display()) };
+    let mut model = Stage1Model::load(model_cfg, cfg.seed, cfg.train.precision, device, &dir)?;
 
     let folders = if args.data.is_empty() { vec![cfg.shards_dir()] } else { args.data.clone() };
     let rc = &cfg.eval.retrieval;

@@ -192,16 +192,22 @@ impl Stage1Model {
         Ok(Self { audio, vs, qformer, objectives: cfg.objectives, precision })
     }
 
-    /// The model of a stage-1 run or checkpoint folder (`best`, else `latest`), weights loaded,
-    /// in eval use; `precision` as the run's config says unless given.
+    /// Rebuild a trained model from a run, checkpoints or step folder (`best`, else `latest`):
+    /// the run's model config and seed (a tiny random MusicGen is drawn from it, as in training).
     pub fn from_run(path: &std::path::Path, device: Device, precision: Precision) -> Result<(Self, std::path::PathBuf)> {
         let dir = super::checkpoint::resolve(path)?;
         let cfg: ModelConfig = super::checkpoint::model_section(&dir, "stage1")?;
-        let model = Self::new(&cfg, precision, device, 0)?;
+        let seed: u64 = super::checkpoint::config_section(&dir, "seed")?;
+        Ok((Self::load(&cfg, seed, precision, device, &dir)?, dir))
+    }
+
+    /// `cfg` built with the run's `seed`, with the trained weights of checkpoint folder `dir`.
+    pub fn load(cfg: &ModelConfig, seed: u64, precision: Precision, device: Device, dir: &std::path::Path) -> Result<Self> {
+        let model = Self::new(cfg, precision, device, seed)?;
         let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
         let mut vs = model.vs;
         weights.load_into(&mut vs, "", |_| false)?;
-        Ok((Self { vs, ..model }, dir))
+        Ok(Self { vs, ..model })
     }
 
     pub fn device(&self) -> Device {
