@@ -1,6 +1,6 @@
 //! `stylebridge audio codes|features`: EnCodec codes and MusicGen stage-1 features of an audio file,
 //! from HF `facebook/encodec_32khz` / `facebook/musicgen-large` folders used as they are.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -84,7 +84,7 @@ fn codes(args: CodesArgs) -> Result<()> {
     let encodec = common.load_encodec(crate::device::parse(&common.device)?)?;
     let (codes, summary) = common.encode(&encodec)?;
     let codes = codes.squeeze_dim(0).to_device(Device::Cpu);
-    write_safetensors(&common.output, &[("codes", &codes)])?;
+    crate::models::weights::write_safetensors(&common.output, &[("codes", &codes)])?;
     super::emit(&format!("{}: codes {:?} ({summary})\n", common.output.display(), codes.size()))
 }
 
@@ -99,7 +99,7 @@ fn features(args: FeaturesArgs) -> Result<()> {
     let (codes, summary) = common.encode(&encodec)?;
     let features = audio.states(&codes)?.squeeze_dim(0).to_device(Device::Cpu);
     let codes = codes.squeeze_dim(0).to_device(Device::Cpu);
-    write_safetensors(&common.output, &[("features", &features), ("codes", &codes)])?;
+    crate::models::weights::write_safetensors(&common.output, &[("features", &features), ("codes", &codes)])?;
     super::emit(&format!(
         "{}: features {:?} from layer {} of {} ({summary})\n",
         common.output.display(),
@@ -107,13 +107,4 @@ fn features(args: FeaturesArgs) -> Result<()> {
         audio.decoder().num_layers(),
         audio.config().num_hidden_layers
     ))
-}
-
-/// Write named tensors as one safetensors file, atomically.
-fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let staged = scratch.path().join("out.safetensors");
-    Tensor::write_safetensors(tensors, &staged).with_context(|| format!("cannot serialise tensors for {}", path.display()))?;
-    let bytes = std::fs::read(&staged).with_context(|| format!("cannot read back {}", staged.display()))?;
-    crate::atomic::write(path, &bytes)
 }

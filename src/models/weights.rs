@@ -138,6 +138,15 @@ impl Checkpoint {
     }
 }
 
+/// Write named tensors as one safetensors file, atomically.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let staged = scratch.path().join("out.safetensors");
+    Tensor::write_safetensors(tensors, &staged).with_context(|| format!("cannot serialise tensors for {}", path.display()))?;
+    let bytes = std::fs::read(&staged).with_context(|| format!("cannot read back {}", staged.display()))?;
+    crate::atomic::write(path, &bytes)
+}
+
 /// The trainable variables of a store, in name order (a `VarStore` keeps them in a hash map,
 /// whose order differs between processes).
 pub fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {

@@ -196,7 +196,7 @@ impl CheckpointDir {
 
 /// A step folder, or the one `best` (else `latest`) points to under a run or checkpoints folder.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").is_file() {
+    if path.join(STATE_NAME).is_file() {
         return Ok(path.to_path_buf());
     }
     for root in [path.join("checkpoints"), path.to_path_buf()] {

@@ -33,11 +33,7 @@ pub struct ModelConfig {
 
 impl Validate for ModelConfig {
     fn validate(&self, at: &str, p: &mut Problems) {
-        let m = &self.musecoco;
-        let at = format!("{at}.musecoco");
-        p.check(m.n_head >= 1 && m.n_embd >= m.n_head, &at, "n_embd", || format!("({}) must be at least n_head ({}) >= 1", m.n_embd, m.n_head));
-        p.check(m.n_layer >= 1, &at, "n_layer", || format!("is {}; must be at least 1", m.n_layer));
-        p.check(m.ffn_dim >= 1, &at, "ffn_dim", || format!("is {}; must be at least 1", m.ffn_dim));
+        self.musecoco.validate(&format!("{at}.musecoco"), p);
     }
 }
 
@@ -100,12 +96,8 @@ impl MusecocoLmTask {
         crate::atomic::write(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
         let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
-        let staged = scratch.path().join("model.safetensors");
-        Tensor::write_safetensors(&named.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect::<Vec<_>>(), &staged)
-            .with_context(|| format!("cannot serialise the model for {}", dir.display()))?;
-        let bytes = std::fs::read(&staged).with_context(|| format!("cannot read back {}", staged.display()))?;
-        crate::atomic::write(&dir.join("model.safetensors"), &bytes)
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        crate::models::weights::write_safetensors(&dir.join("model.safetensors"), &refs)
     }
 }
 

@@ -52,6 +52,14 @@ impl TinyMuseCoco {
     }
 }
 
+impl Validate for TinyMuseCoco {
+    fn validate(&self, at: &str, p: &mut Problems) {
+        p.check(self.n_head >= 1 && self.n_embd >= self.n_head, at, "n_embd", || format!("({}) must be at least n_head ({}) >= 1", self.n_embd, self.n_head));
+        p.check(self.n_layer >= 1, at, "n_layer", || format!("is {}; must be at least 1", self.n_layer));
+        p.check(self.ffn_dim >= 1, at, "ffn_dim", || format!("is {}; must be at least 1", self.ffn_dim));
+    }
+}
+
 /// Where MuseCoco comes from: the HF port's folder (`config.json` + `model.safetensors`), or tiny.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -64,10 +72,7 @@ impl Validate for MuseCocoSource {
     fn validate(&self, at: &str, p: &mut Problems) {
         p.check(self.checkpoint.is_none() || self.tiny.is_none(), at, "checkpoint", || "and `tiny` are both given; give one".into());
         if let Some(t) = &self.tiny {
-            let at = format!("{at}.tiny");
-            p.check(t.n_head >= 1 && t.n_embd >= t.n_head, &at, "n_embd", || format!("({}) must be at least n_head ({}) >= 1", t.n_embd, t.n_head));
-            p.check(t.n_layer >= 1, &at, "n_layer", || format!("is {}; must be at least 1", t.n_layer));
-            p.check(t.ffn_dim >= 1, &at, "ffn_dim", || format!("is {}; must be at least 1", t.ffn_dim));
+            t.validate(&format!("{at}.tiny"), p);
         }
     }
 }
@@ -158,8 +163,7 @@ struct Stage1Origin {
 
 impl Stage1Origin {
     fn open(path: &Path) -> Result<Self> {
-        if path.join("config.json").is_file() && !path.join(crate::yaml::RESOLVED_NAME).is_file() {
-            // A converted BOSSA stage-1 checkpoint.
+        if is_converted_bossa(path) {
             let config = path.join("config.json");
             let qformer = QFormerConfig::from_json_file(&config)?;
             let weights = Checkpoint::open(path)?;
@@ -171,6 +175,19 @@ impl Stage1Origin {
         let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
         Ok(Self { dir, weights, qformer: stage1.qformer, musicgen: Some(stage1.musicgen), embedded_musicgen: None })
     }
+}
+
+/// A folder `stylebridge convert` wrote from a BOSSA checkpoint (config.json + weights), not a
+/// stylebridge run (which has its resolved config).
+fn is_converted_bossa(path: &Path) -> bool {
+    path.join("config.json").is_file() && !path.join(crate::yaml::RESOLVED_NAME).is_file()
+}
+
+/// The frozen decoder a converted BOSSA checkpoint stores under `prefix`: stored already cut,
+/// so every stored layer runs.
+fn stored_musicgen(ckpt: &Checkpoint, prefix: &str, decoder: MusicgenDecoderConfig, device: Device) -> Result<FrozenAudio> {
+    let layers = Some(decoder.num_hidden_layers);
+    FrozenAudio::from_checkpoint(ckpt, prefix, decoder, layers, device, Kind::Float)
 }
 
 /// The `musicgen` section a converted BOSSA checkpoint's config.json carries, if any.
@@ -197,7 +214,10 @@ impl Stage2Model {
     /// MuseCoco from its checkpoint (or tiny, from `seed`), fresh adapters and projection.
     pub fn for_training(cfg: &ModelConfig, device: Device, seed: u64) -> Result<Self> {
         let origin = cfg.stage1.as_deref().map(Stage1Origin::open).transpose()?;
-        let (audio, mut backbones) = build_audio(cfg, origin.as_ref(), device, seed)?;
+        let audio = build_audio(cfg, origin.as_ref(), device, seed)?;
+        // A stored MusicGen (BOSSA's) is covered by the stage-1 backbone's hash.
+        let source = musicgen_source(cfg, origin.as_ref());
+        let mut backbones: Vec<Backbone> = source.iter().flat_map(|s| &s.checkpoint).map(|dir| Backbone::hash("musicgen", dir)).collect::<Result<_>>()?;
         let qcfg = qformer_config(cfg, origin.as_ref(), &audio)?;
         let (musecoco_cfg, musecoco_ckpt) = musecoco(&cfg.musecoco)?;
         tch::manual_seed(seed.wrapping_add(2) as i64);
@@ -228,15 +248,16 @@ impl Stage2Model {
     /// Rebuild a trained model for arrangement: a stylebridge stage-2 run / checkpoint folder
     /// (its config and backbones, then what it trained), or a converted `bossa_stage2.pt` folder.
     pub fn from_run(path: &Path, device: Device) -> Result<(Self, PathBuf)> {
-        if path.join("config.json").is_file() && !path.join(crate::yaml::RESOLVED_NAME).is_file() {
+        if is_converted_bossa(path) {
             return Ok((Self::from_bossa(path, device)?, path.to_path_buf()));
         }
         let dir = checkpoint::resolve(path)?;
         let cfg: ModelConfig = checkpoint::model_section(&dir, "stage2")?;
-        let loaded: checkpoint::Loaded<serde_json::Value> = checkpoint::load(&dir)?;
-        let mut model = Self::for_arrange(&cfg, &loaded.backbones, device)?;
-        let trained = loaded.groups.get("model").with_context(|| format!("{} has no model.safetensors", dir.display()))?;
-        model.net.load_trained(trained, &dir.join("model.safetensors"))?;
+        let mut model = Self::for_arrange(&cfg, &checkpoint::read_backbones(&dir)?, device)?;
+        // What trained only: the optimizer state stays on disk.
+        let path = dir.join("model.safetensors");
+        let trained = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?.into_iter().collect();
+        model.net.load_trained(&trained, &path)?;
         Ok((model, dir))
     }
 
@@ -244,7 +265,7 @@ impl Stage2Model {
     /// a run moved with its backbones still loads), fresh trainables.
     fn for_arrange(cfg: &ModelConfig, recorded: &[Backbone], device: Device) -> Result<Self> {
         let origin = cfg.stage1.as_deref().map(Stage1Origin::open).transpose()?;
-        let (audio, _) = build_audio(cfg, origin.as_ref(), device, 0)?;
+        let audio = build_audio(cfg, origin.as_ref(), device, 0)?;
         let qcfg = qformer_config(cfg, origin.as_ref(), &audio)?;
         let (musecoco_cfg, musecoco_ckpt) = musecoco(&cfg.musecoco)?;
         let mut net = Blip2Musecoco::new(&qcfg, &musecoco_cfg, device);
@@ -268,9 +289,7 @@ impl Stage2Model {
             "{}: no MuseCoco weights (`musecoco.*`); is this a stage-2 checkpoint?",
             dir.display()
         );
-        // A BOSSA checkpoint stores the decoder already cut: run every stored layer.
-        let layers = Some(decoder.num_hidden_layers);
-        let audio = FrozenAudio::from_checkpoint(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, layers, device, Kind::Float)?;
+        let audio = stored_musicgen(&ckpt, BOSSA_STAGE2_MUSICGEN, decoder, device)?;
         let mut net = Blip2Musecoco::new(&QFormerConfig { encoder_width: audio.config().hidden_size, ..qcfg }, &musecoco_cfg, device);
         net.load_bossa(&ckpt)?;
         Ok(Self { audio, net, backbones: Vec::new() })
@@ -298,19 +317,18 @@ impl Stage2Model {
     }
 }
 
+/// The MusicGen `model.musicgen` names, else the stage-1 run's (None: the BOSSA checkpoint's own).
+fn musicgen_source(cfg: &ModelConfig, origin: Option<&Stage1Origin>) -> Option<MusicgenSource> {
+    cfg.musicgen.clone().or_else(|| origin.and_then(|o| o.musicgen.clone()))
+}
+
 /// The frozen audio path: `model.musicgen`, else the stage-1 run's, else the BOSSA checkpoint's.
-fn build_audio(cfg: &ModelConfig, origin: Option<&Stage1Origin>, device: Device, seed: u64) -> Result<(FrozenAudio, Vec<Backbone>)> {
-    let source = cfg.musicgen.clone().or_else(|| origin.and_then(|o| o.musicgen.clone()));
-    if let Some(source) = source {
-        let backbones = source.checkpoint.iter().map(|dir| Backbone::hash("musicgen", dir)).collect::<Result<_>>()?;
-        return Ok((FrozenAudio::new(&source, Kind::Float, device, seed)?, backbones));
+fn build_audio(cfg: &ModelConfig, origin: Option<&Stage1Origin>, device: Device, seed: u64) -> Result<FrozenAudio> {
+    if let Some(source) = musicgen_source(cfg, origin) {
+        return FrozenAudio::new(&source, Kind::Float, device, seed);
     }
     match origin.and_then(|o| o.embedded_musicgen.clone().map(|e| (o, e))) {
-        Some((o, (decoder, prefix))) => {
-            // Stored already cut: run every stored layer.
-            let layers = Some(decoder.num_hidden_layers);
-            Ok((FrozenAudio::from_checkpoint(&o.weights, prefix, decoder, layers, device, Kind::Float)?, Vec::new()))
-        }
+        Some((o, (decoder, prefix))) => stored_musicgen(&o.weights, prefix, decoder, device),
         None => bail!("model.musicgen is not set and the stage-1 model names no MusicGen (give model.musicgen)"),
     }
 }
