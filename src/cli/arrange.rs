@@ -254,20 +254,29 @@ struct Record<'a> {
     clip_start_frames: &'a [Vec<i64>],
 }
 
+/// Where `--tokens` goes for the row writing `out`: beside it in a batch, as given otherwise.
+fn tokens_path(args: &Args, out: &Path) -> Option<PathBuf> {
+    args.tokens.as_ref().map(|given| if args.batch.is_some() { out.with_extension("tokens.json") } else { given.clone() })
+}
+
+/// Where `--render` goes for the row writing `out`, as [`tokens_path`].
+fn wav_path(args: &Args, out: &Path) -> Option<PathBuf> {
+    args.render.as_ref().map(|given| if args.batch.is_some() { out.with_extension("wav") } else { given.clone() })
+}
+
 /// The files a row writes ([`write_outputs`]) and reads, each named once: an output on top of
 /// another, or of an input (`-o song.mid --leadsheet song.mid`), would lose it.
 fn distinct_paths(args: &Args, row: &Row) -> Result<()> {
     let out = &row.output;
-    let batch = args.batch.is_some();
     let mut files: Vec<(&str, PathBuf)> = vec![("the lead sheet", row.leadsheet.clone())];
     files.extend(row.references.iter().map(|r| ("a reference", r.clone())));
     files.push(("the output MIDI", out.clone()));
     files.push(("the record", out.with_extension("json")));
-    if let Some(tokens) = &args.tokens {
-        files.push(("--tokens", if batch { out.with_extension("tokens.json") } else { tokens.clone() }));
+    if let Some(tokens) = tokens_path(args, out) {
+        files.push(("--tokens", tokens));
     }
-    if let Some(wav) = &args.render {
-        files.push(("--render", if batch { out.with_extension("wav") } else { wav.clone() }));
+    if let Some(wav) = wav_path(args, out) {
+        files.push(("--render", wav));
     }
     let absolute: Vec<PathBuf> = files.iter().map(|(_, p)| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
     for (i, a) in absolute.iter().enumerate() {
@@ -294,14 +303,12 @@ fn write_outputs(args: &Args, row: &Row, job: &Job, arranger: &Arranger, outcome
             midi::write(&c.score, &sample_path(c.sample))?;
         }
     }
-    if let (Some(wav), Some(synth)) = (&args.render, synth) {
+    if let (Some(wav), Some(synth)) = (wav_path(args, out), synth) {
         let rate = 32_000;
         let audio = synth.render(&best.score, rate).with_context(|| format!("cannot render {}", out.display()))?;
-        let wav = if args.batch.is_some() { out.with_extension("wav") } else { wav.clone() };
         crate::data::audio::write_wav(&wav, &audio, rate)?;
     }
-    if let Some(tokens) = &args.tokens {
-        let tokens = if args.batch.is_some() { out.with_extension("tokens.json") } else { tokens.clone() };
+    if let Some(tokens) = tokens_path(args, out) {
         let json: Vec<serde_json::Value> = outcome.candidates.iter().map(|c| serde_json::json!({"sample": c.sample, "bars": c.bars})).collect();
         crate::atomic::write(&tokens, serde_json::to_string(&json)?.as_bytes())?;
     }

@@ -84,17 +84,26 @@ pub fn run(args: Args) -> Result<()> {
     let synth = if args.render { Some(SoundFontSynth::load(&resolve_soundfont(None)?)?) } else { None };
     let device = crate::device::parse(&args.device)?;
     let progress = Progress::new("style transfer", (cases.len() * models.len()) as u64);
+    // Each lead sheet once: written where the jobs read it, with its melody for the figures.
+    let mut sheets = std::collections::BTreeMap::new();
+    for (lead, _) in &cases {
+        if !sheets.contains_key(&lead.lead_sheet) {
+            let sheet = lead_sheet(&args.corpus, lead)?;
+            let path = leadsheets.join(format!("{}.mid", lead.lead_sheet));
+            midi::write(&sheet, &path)?;
+            let melody = melody_of(&sheet);
+            sheets.insert(lead.lead_sheet.clone(), (path, sheet, melody));
+        }
+    }
     let mut judged = Vec::new();
     for (model, run) in &models {
         let mut arranger = Arranger::open(run, None, None, device)?;
         let folder = args.out.join("arrange").join(model.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
         for (lead, reference) in &cases {
-            let sheet_path = leadsheets.join(format!("{}.mid", lead.lead_sheet));
-            let sheet = lead_sheet(&args.corpus, lead)?;
-            midi::write(&sheet, &sheet_path)?;
+            let (sheet_path, sheet, melody) = &sheets[&lead.lead_sheet];
             let job = Job {
-                lead_sheet: sheet_path,
+                lead_sheet: sheet_path.clone(),
                 references: vec![(args.corpus.join(&reference.audio), 1.0)],
                 mode: ClipMode::Fixed { offset_seconds: 0.0 },
                 start_bar: 0,
@@ -104,7 +113,6 @@ pub fn run(args: Args) -> Result<()> {
                 pedal: false,
                 settings: ArrangeConfig { sampling: SamplingConfig { seed: args.seed, ..Default::default() }, max_new_tokens: args.max_new_tokens, ..Default::default() },
             };
-            let melody = melody_of(&sheet);
             let outcome = arranger.arrange(&job);
             let (judged_style, kept) = match &outcome {
                 Ok(o) => {
@@ -114,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
                     if let Some(synth) = &synth {
                         crate::data::audio::write_wav(&out.with_extension("wav"), &synth.render(score, 32_000)?, 32_000)?;
                     }
-                    (Some(judge.judge(&features(score, &melody)?, beats(lead))), melody_kept(score, &melody, sheet.ticks_per_beat).0)
+                    (Some(judge.judge(&features(score, melody)?, beats(lead))), melody_kept(score, melody, sheet.ticks_per_beat).0)
                 }
                 Err(e) => {
                     eprintln!("{model}: {} with a {} reference did not arrange: {e:#}", lead.lead_sheet, reference.style.name());

@@ -73,6 +73,14 @@ pub fn check_sample_rate(rate: u64, source: &str) -> Result<(), AudioError> {
     }
 }
 
+/// Check that a stream has at most [`MAX_CHANNELS`] channels.
+fn check_channels(channels: usize, source: &str) -> Result<(), AudioError> {
+    if channels > MAX_CHANNELS {
+        return Err(AudioError::Channels { path: source.to_string(), channels });
+    }
+    Ok(())
+}
+
 /// Check that `samples` at `rate` Hz stay within [`MAX_SECONDS`]; `what` says whose length it is.
 pub fn check_length(samples: u64, rate: u32, source: &str, what: &'static str) -> Result<(), AudioError> {
     let seconds = samples as f64 / f64::from(rate.max(1));
@@ -168,9 +176,7 @@ fn decode_mono(path: &Path) -> Result<Warned<Decoded>, AudioError> {
         }
     }
     if let Some(channels) = params.channels.as_ref().map(|c| c.count()) {
-        if channels > MAX_CHANNELS {
-            return Err(AudioError::Channels { path: name, channels });
-        }
+        check_channels(channels, &name)?;
     }
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
@@ -220,9 +226,7 @@ fn decode_mono(path: &Path) -> Result<Warned<Decoded>, AudioError> {
                 detail: format!("{channels} channels at {buf_rate} Hz"),
             });
         }
-        if channels > MAX_CHANNELS {
-            return Err(AudioError::Channels { path: name, channels });
-        }
+        check_channels(channels, &name)?;
         match rate {
             Some(r) if r != buf_rate => {
                 return Err(AudioError::Corrupt {
@@ -295,9 +299,10 @@ fn check_wav_header(file: &mut File, name: &str) -> Result<(), AudioError> {
     while let (Some(id), Some(len)) = (head.get(at..at + 4), u32_at(at + 4)) {
         if id == b"fmt " {
             let (Some(channels), Some(rate)) = (u16_at(at + 10), u32_at(at + 12)) else { return Ok(()) };
-            if channels == 0 || usize::from(channels) > MAX_CHANNELS {
-                return Err(AudioError::Channels { path: name.to_string(), channels: usize::from(channels) });
+            if channels == 0 {
+                return Err(AudioError::Channels { path: name.to_string(), channels: 0 });
             }
+            check_channels(usize::from(channels), name)?;
             return check_sample_rate(u64::from(rate), name);
         }
         // Chunks are padded to an even length.

@@ -16,10 +16,6 @@ impl<T> Warned<T> {
         Self { value, warnings: Vec::new() }
     }
 
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Warned<U> {
-        Warned { value: f(self.value), warnings: self.warnings }
-    }
-
     /// Map the value through a step that may fail, keeping the warnings.
     pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Warned<U>, E> {
         Ok(Warned { value: f(self.value)?, warnings: self.warnings })

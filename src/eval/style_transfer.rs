@@ -28,7 +28,7 @@ pub fn features(arrangement: &Score, melody: &[Note]) -> Result<Vec<f64>> {
     ensure!(!grid.bars.is_empty(), "the arrangement has no notes");
     let pos = |tick: u32| i64::from(tick_to_pos(tick, tpb));
     let melody_at: Vec<(i64, u8)> = melody.iter().map(|n| (pos(n.start), n.pitch)).collect();
-    let is_melody = |n: &Note| melody_at.iter().any(|&(p, pitch)| pitch == n.pitch && (p - pos(n.start)).abs() <= ONSET_TOLERANCE);
+    let is_melody = |n: &Note| plays(&melody_at, pos(n.start), n.pitch);
     let notes: Vec<Note> = arrangement.instruments.iter().filter(|i| !i.is_drum).flat_map(|i| i.notes.iter().copied()).filter(|n| !is_melody(n)).collect();
     let mut f = vec![0.0; FEATURES];
     if notes.is_empty() {
@@ -146,6 +146,11 @@ impl StyleJudge {
     }
 }
 
+/// Whether `notes` ((onset position, pitch) pairs) hold `pitch` within [`ONSET_TOLERANCE`] of `at`.
+fn plays(notes: &[(i64, u8)], at: i64, pitch: u8) -> bool {
+    notes.iter().any(|&(p, q)| q == pitch && (p - at).abs() <= ONSET_TOLERANCE)
+}
+
 /// Melody notes of the lead sheet that the arrangement plays (same pitch, onset within 1/12
 /// beat): (kept, total).
 pub fn melody_kept(arrangement: &Score, melody: &[Note], ticks_per_beat: u32) -> (usize, usize) {
@@ -153,7 +158,7 @@ pub fn melody_kept(arrangement: &Score, melody: &[Note], ticks_per_beat: u32) ->
     let played: Vec<(i64, u8)> = arrangement.instruments.iter().flat_map(|i| &i.notes).map(|n| (pos(n.start, arrangement.ticks_per_beat), n.pitch)).collect();
     let kept = melody
         .iter()
-        .filter(|m| played.iter().any(|&(p, pitch)| pitch == m.pitch && (p - pos(m.start, ticks_per_beat)).abs() <= ONSET_TOLERANCE))
+        .filter(|m| plays(&played, pos(m.start, ticks_per_beat), m.pitch))
         .count();
     (kept, melody.len())
 }

@@ -71,7 +71,6 @@ impl Candidate {
 
 /// A finished job: candidates best first (when ranked), and where the time went.
 pub struct Outcome {
-    pub lead_sheet: Score,
     pub passage: Passage,
     pub candidates: Vec<Candidate>,
     pub ranked: bool,
@@ -141,9 +140,9 @@ impl Arranger {
                 .with_context(|| format!("window {} (bars {:?}, {start:.2}-{end:.2} s)", window.index, window.bars))?;
             let (n_q, frames) = (window_clips[0].n_q as i64, window_clips[0].mask.len() as i64);
             let codes = Tensor::from_slice(&window_clips.iter().flat_map(|c| c.codes.iter().copied()).collect::<Vec<i64>>()).view([-1, n_q, frames]);
-            let mask = Tensor::from_slice(&window_clips.iter().flat_map(|c| c.mask.iter().copied()).collect::<Vec<u8>>()).view([-1, frames]).to_kind(Kind::Float);
             let device = self.model.device();
-            let z = tch::no_grad(|| self.model.query_output(&codes.to_device(device), &mask.to_device(device), false))?;
+            let mask = crate::train::batch::mask(&window_clips.iter().flat_map(|c| c.mask.iter().copied()).collect::<Vec<u8>>(), window_clips.len() as i64, frames, device);
+            let z = tch::no_grad(|| self.model.query_output(&codes.to_device(device), &mask, false))?;
             // Style mixing: a weighted mean of the references' Z (the weights sum to 1).
             let mixed = (z * &weights).sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
             soft_prompts.push(tch::no_grad(|| self.model.net.project(&mixed)));
@@ -166,7 +165,7 @@ impl Arranger {
             self.rank(&passage, &clips, &job.references, &mut candidates)?;
         }
         let clip_starts = clips.iter().map(|cs| cs.iter().map(|c| c.start_frame).collect()).collect();
-        Ok(Outcome { lead_sheet, passage, candidates, ranked, timings: arrangement.timings, clip_starts })
+        Ok(Outcome { passage, candidates, ranked, timings: arrangement.timings, clip_starts })
     }
 
     /// The reference's codes, refused when it is silent or not audio.

@@ -99,6 +99,7 @@ impl TokenSet {
     }
 
     /// One flag per vocabulary id.
+    #[cfg(test)]
     pub fn mask(&self) -> Vec<bool> {
         let mut mask = vec![false; remi::VOCAB_SIZE];
         self.iter().for_each(|id| mask[id as usize] = true);
@@ -209,11 +210,13 @@ impl Grammar {
     }
 
     /// Bars closed so far.
+    #[cfg(test)]
     pub fn bars_closed(&self) -> usize {
         self.bar
     }
 
     /// New tokens the window may still take.
+    #[cfg(test)]
     pub fn tokens_left(&self) -> usize {
         self.left
     }

@@ -13,7 +13,7 @@ use std::ops::Range;
 use super::grammar::BarSpec;
 use crate::data::encodings::{bin_to_velocity, bucket_to_duration, remi, score_to_octuples, tempo_to_bin, time_signature_id, Octuple, DRUM_PROGRAM};
 use crate::data::leadsheet::CHORD_PROGRAM;
-use crate::data::midi::{ControlChange, Instrument, Note, Score, TempoChange, TimeSignature};
+use crate::data::midi::{ControlChange, Instrument, Note, Score, TempoChange, TimeSignature, SUSTAIN_PEDAL};
 use crate::data::segments::{pos_to_tick, BarGrid, TempoMap};
 
 /// Name of the piano track of a generated score.
@@ -202,15 +202,12 @@ impl Passage {
         let mut pedal = Vec::with_capacity(2 * changes.len());
         for pair in changes.windows(2) {
             let release = tempo.tick_at(tempo.seconds_at(f64::from(pair[1])) - 0.05).round().max(f64::from(pair[0])) as u32;
-            pedal.push(ControlChange { tick: pair[0], controller: SUSTAIN, value: 72 });
-            pedal.push(ControlChange { tick: release, controller: SUSTAIN, value: 0 });
+            pedal.push(ControlChange { tick: pair[0], controller: SUSTAIN_PEDAL, value: 72 });
+            pedal.push(ControlChange { tick: release, controller: SUSTAIN_PEDAL, value: 0 });
         }
         pedal
     }
 }
-
-/// MIDI controller 64, the sustain pedal.
-const SUSTAIN: u8 = 64;
 
 /// Events of a map from `start` on, shifted by `-start`: the one in force at `start` (the last
 /// at or before it, in tick order) moved to tick 0, then those before `end`.

@@ -98,10 +98,6 @@ impl ReferenceCodes {
         Ok(Self { codes, n_q, frames, pad_code, frame_rate, clip })
     }
 
-    pub fn frames(&self) -> usize {
-        self.frames
-    }
-
     /// Frames per clip (508 at 50 Hz).
     pub fn clip_frames(&self) -> usize {
         self.clip.window_frames

@@ -71,11 +71,6 @@ impl Blip2Musecoco {
         self.musecoco_proj.forward(z)
     }
 
-    /// The soft prompt [B, Q, C] of frozen MusicGen states (see [`Self::query_output`]).
-    pub fn soft_prompt(&self, audio_states: &Tensor, audio_mask: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.project(&self.query_output(audio_states, audio_mask, train)?))
-    }
-
     /// Mean cross-entropy of the target tokens: `tokens` [B, L] (`</s>` + attributes + `<sep>` +
     /// lead sheet + `<sep>` + piano + `</s>` + padding), `is_target` and `is_real` [B, L] (1/0).
     pub fn loss(&self, soft_prompt: &Tensor, tokens: &Tensor, is_target: &Tensor, is_real: &Tensor, train: bool) -> Result<Tensor> {

@@ -380,11 +380,6 @@ impl MuseCoco {
         self.embed_tokens.device()
     }
 
-    /// Kind of the weights (and of the hidden states).
-    pub fn kind(&self) -> Kind {
-        self.embed_tokens.kind()
-    }
-
     /// Token embeddings as the reference's `encode_input_ids(ids, pos_start)`:
     /// sqrt(d) * embedding, plus fairseq sinusoidal positions (pads take the zero row), shifted
     /// so that the first `pos_start` tokens (BOSSA: 61 attribute tokens) carry none and token
@@ -429,7 +424,7 @@ impl MuseCoco {
         ensure!(matches!(ids.kind(), Kind::Int64 | Kind::Int), "token ids are {:?}, expected integers", ids.kind());
         let vocab = self.cfg.vocab_size;
         if ids.numel() > 0 {
-            let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            let (lo, hi) = super::id_range(ids);
             ensure!(lo >= 0 && hi < vocab, "token ids span {lo}..={hi}, outside the vocabulary of {vocab}");
         }
         let scale = if self.cfg.scale_emb { (self.cfg.n_embd as f64).sqrt() } else { 1.0 };

@@ -299,7 +299,7 @@ impl MusicgenDecoder {
         let (_, k, steps) = input_ids.size3().context("input ids must be [batch, codebooks, steps]")?;
         ensure!(k == self.config.num_codebooks, "input has {k} codebooks, the decoder {}", self.config.num_codebooks);
         let ids = input_ids.to_device(self.vs.device());
-        let (low, high) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        let (low, high) = super::id_range(&ids);
         ensure!(
             low >= 0 && high <= self.config.vocab_size,
             "codes must lie in 0..={} (the last is the pad code), got {low}..={high}",

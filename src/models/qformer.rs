@@ -630,7 +630,7 @@ impl QFormer {
     /// sheet): [B, embed_dim].
     pub fn symbolic_features(&self, notes_hidden: &Tensor, index: &Tensor) -> Result<Tensor> {
         let (b, n, h) = notes_hidden.size3().context("notes hidden states must be [batch, notes, width]")?;
-        let (low, high) = (index.min().int64_value(&[]), index.max().int64_value(&[]));
+        let (low, high) = super::id_range(index);
         ensure!(low >= 0 && high < n, "the feature note index lies in {low}..={high}, outside the {n} notes");
         let picked = notes_hidden.gather(1, &index.view([b, 1, 1]).expand([b, 1, h], false), false).squeeze_dim(1);
         Ok(l2_normalize(&self.heads()?.symbo_proj.forward(&picked)))
