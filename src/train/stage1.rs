@@ -520,29 +520,4 @@ mod tests {
         losses.total.backward();
         assert!(model.vs.variables()["Qformer.cls.predictions.decoder.weight"].grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
-
-    #[test]
-    fn a_run_is_rebuilt_with_its_seed_so_a_tiny_musicgen_is_the_one_it_trained_on() {
-        let mut trained = tiny_model(Objectives::C);
-        let dir = tempfile::tempdir().unwrap();
-        let mut model = serde_yaml_ng::to_value(tiny_config(Objectives::C)).unwrap();
-        model.as_mapping_mut().unwrap().insert("kind".into(), "stage1".into());
-        let mut resolved = serde_yaml_ng::Mapping::new();
-        resolved.insert("seed".into(), 5.into());
-        resolved.insert("model".into(), model);
-        std::fs::write(dir.path().join(crate::yaml::RESOLVED_NAME), serde_yaml_ng::to_string(&resolved).unwrap()).unwrap();
-        std::fs::write(dir.path().join("state.json"), "{}").unwrap();
-        let weights = crate::models::weights::trainable(&trained.vs);
-        let refs: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        crate::models::weights::write_safetensors(&dir.path().join("model.safetensors"), &refs).unwrap();
-        let (mut rebuilt, _) = Stage1Model::from_run(dir.path(), Device::Cpu, Precision::Fp32).unwrap();
-        let x = tiny_inputs(0);
-        let (a, _) = trained.features(&x).unwrap();
-        let (b, _) = rebuilt.features(&x).unwrap();
-        assert!(a.allclose(&b, 1e-6, 1e-6, false), "the rebuilt model hears the audio as the trained one");
-        // With another seed the frozen decoder (not in the checkpoint) differs, and so would the features.
-        let mut other = Stage1Model::load(&tiny_config(Objectives::C), 0, Precision::Fp32, Device::Cpu, dir.path()).unwrap();
-        let (c, _) = other.features(&x).unwrap();
-        assert!(!a.allclose(&c, 1e-6, 1e-6, false));
-    }
 }
