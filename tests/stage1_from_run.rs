@@ -13,7 +13,7 @@ const SEED: u64 = 5;
 fn tiny_config() -> ModelConfig {
     ModelConfig {
         musicgen: MusicgenSource {
-            tiny: Some(TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 }),
+            tiny: Some(TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4, seed: None }),
             ..Default::default()
         },
         qformer: QFormerConfig { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 16, num_query_tokens: 3, embed_dim: 4, max_position_embeddings: 16, ..Default::default() },

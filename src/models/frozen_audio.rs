@@ -28,11 +28,14 @@ pub struct TinyMusicgen {
     /// Codebook size (the pad/BOS code is this value); must match the prepared codes.
     pub codebook_size: i64,
     pub num_codebooks: i64,
+    /// The seed its weights are drawn from; unset: the run's. Stage 2 records here the seed of
+    /// the stage-1 run whose decoder it inherits.
+    pub seed: Option<u64>,
 }
 
 impl Default for TinyMusicgen {
     fn default() -> Self {
-        Self { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, codebook_size: 2048, num_codebooks: 4 }
+        Self { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, codebook_size: 2048, num_codebooks: 4, seed: None }
     }
 }
 
@@ -87,13 +90,14 @@ pub struct FrozenAudio {
 
 impl FrozenAudio {
     /// Build from `source`: an HF folder loaded in `kind` (frozen), or a tiny decoder initialised
-    /// in fp32 from `seed` (the same tiny model at every precision), then frozen and cast.
+    /// in fp32 from its own seed, else `seed` (the same tiny model at every precision), then
+    /// frozen and cast.
     pub fn new(source: &MusicgenSource, kind: Kind, device: Device, seed: u64) -> Result<Self> {
         let musicgen = match (&source.checkpoint, &source.tiny) {
             (Some(dir), None) => MusicgenDecoder::load(dir, source.layers, device, kind)
                 .with_context(|| format!("cannot load the MusicGen checkpoint {}", dir.display()))?,
             (None, Some(tiny)) => {
-                tch::manual_seed(seed as i64);
+                tch::manual_seed(tiny.seed.unwrap_or(seed) as i64);
                 let config = tiny.decoder_config();
                 let layers = source.layers.unwrap_or_else(|| config.bossa_layers());
                 let model = MusicgenDecoder::new(VarStore::new(device), config, layers)?;
@@ -222,7 +226,7 @@ mod tests {
     }
 
     fn tiny() -> MusicgenSource {
-        let tiny = TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 };
+        let tiny = TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4, seed: None };
         MusicgenSource { tiny: Some(tiny), ..Default::default() }
     }
 

@@ -460,7 +460,7 @@ mod tests {
     fn tiny_config(objectives: Objectives) -> ModelConfig {
         ModelConfig {
             musicgen: MusicgenSource {
-                tiny: Some(crate::models::frozen_audio::TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4 }),
+                tiny: Some(crate::models::frozen_audio::TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4, seed: None }),
                 ..Default::default()
             },
             qformer: QFormerConfig {

@@ -172,8 +172,14 @@ impl Stage1Origin {
         }
         let dir = checkpoint::resolve(path).with_context(|| format!("model.stage1 = {}", path.display()))?;
         let stage1: stage1::ModelConfig = checkpoint::model_section(&dir, "stage1")?;
+        // A tiny MusicGen is drawn from the stage-1 run's seed; keep it with the source, so stage 2
+        // (and its resolved config) hears what stage 1 learnt to hear.
+        let mut musicgen = stage1.musicgen;
+        if let Some(tiny) = &mut musicgen.tiny {
+            tiny.seed.get_or_insert(checkpoint::config_section(&dir, "seed")?);
+        }
         let weights = Checkpoint::open(&dir.join("model.safetensors"))?;
-        Ok(Self { dir, weights, qformer: stage1.qformer, musicgen: Some(stage1.musicgen), embedded_musicgen: None })
+        Ok(Self { dir, weights, qformer: stage1.qformer, musicgen: Some(musicgen), embedded_musicgen: None })
     }
 }
 
@@ -253,7 +259,8 @@ impl Stage2Model {
         }
         let dir = checkpoint::resolve(path)?;
         let cfg: ModelConfig = checkpoint::model_section(&dir, "stage2")?;
-        let mut model = Self::for_arrange(&cfg, &checkpoint::read_backbones(&dir)?, device)?;
+        let seed = checkpoint::config_section(&dir, "seed")?;
+        let mut model = Self::for_arrange(&cfg, seed, &checkpoint::read_backbones(&dir)?, device)?;
         // What trained only: the optimizer state stays on disk.
         let path = dir.join("model.safetensors");
         let trained = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?.into_iter().collect();
@@ -261,11 +268,10 @@ impl Stage2Model {
         Ok((model, dir))
     }
 
-    /// The frozen parts as the run's config names them (paths recorded in its backbones win, so
-    /// a run moved with its backbones still loads), fresh trainables.
-    fn for_arrange(cfg: &ModelConfig, recorded: &[Backbone], device: Device) -> Result<Self> {
+    /// The frozen parts as the config and `seed` of the run name them, fresh trainables.
+    fn for_arrange(cfg: &ModelConfig, seed: u64, recorded: &[Backbone], device: Device) -> Result<Self> {
         let origin = cfg.stage1.as_deref().map(Stage1Origin::open).transpose()?;
-        let audio = build_audio(cfg, origin.as_ref(), device, 0)?;
+        let audio = build_audio(cfg, origin.as_ref(), device, seed)?;
         let qcfg = qformer_config(cfg, origin.as_ref(), &audio)?;
         let (musecoco_cfg, musecoco_ckpt) = musecoco(&cfg.musecoco)?;
         let mut net = Blip2Musecoco::new(&qcfg, &musecoco_cfg, device);
