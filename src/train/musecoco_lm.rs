@@ -54,6 +54,7 @@ impl MusecocoLmTask {
         for (_, var) in vs.variables() {
             let _ = var.set_requires_grad(true);
         }
+        fairseq_init(&vs, cfg.musecoco.n_embd);
         Self { vs, model, train, valid, seed }
     }
 
@@ -99,6 +100,33 @@ impl MusecocoLmTask {
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
         crate::models::weights::write_safetensors(&dir.join("model.safetensors"), &refs)
     }
+}
+
+/// Re-draw the weights as fairseq initialises a decoder trained from scratch (MuseCoco was
+/// trained with fairseq): embeddings and the output projection N(0, d^-1/2) (the padding row
+/// zero), linear maps Xavier-uniform (q/k/v with gain 2^-1/2, as `MultiheadAttention` does),
+/// biases zero. The HF port's N(0, 0.02) is only a placeholder its checkpoints overwrite; from
+/// it, scaled token embeddings start at a quarter of the sinusoids' size and every attention
+/// score near one, which a model this small trained for minutes does not grow out of.
+fn fairseq_init(vs: &VarStore, n_embd: i64) {
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            let size = var.size();
+            if name.ends_with(".bias") || name.contains("layer_norm") {
+                continue;
+            }
+            if name.ends_with("embed_tokens.weight") || name == "lm_head.weight" {
+                let _ = var.normal_(0.0, (n_embd as f64).powf(-0.5));
+                if name.ends_with("embed_tokens.weight") {
+                    let _ = var.get(crate::models::musecoco::PADDING_IDX).zero_();
+                }
+            } else if size.len() == 2 {
+                let gain = if ["q_proj", "k_proj", "v_proj"].iter().any(|p| name.contains(p)) { 0.5f64.sqrt() } else { 1.0 };
+                let bound = gain * (6.0 / (size[0] + size[1]) as f64).sqrt();
+                let _ = var.uniform_(-bound, bound);
+            }
+        }
+    });
 }
 
 impl Task for MusecocoLmTask {
