@@ -156,3 +156,31 @@ impl Task for MusecocoLmTask {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fairseq_init_draws_fairseq_scales() {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = MuseCocoConfig { n_embd: 64, n_head: 2, n_layer: 1, ffn_dim: 256, use_lora: false, ..MuseCocoConfig::xlarge() };
+        let _model = MuseCoco::new(vs.root(), &cfg);
+        tch::manual_seed(0);
+        fairseq_init(&vs, cfg.n_embd);
+        let vars = vs.variables();
+        let std = |name: &str| vars[name].std(true).double_value(&[]);
+        let max = |name: &str| vars[name].abs().max().double_value(&[]);
+        // N(0, 64^-1/2 = 0.125) for the embeddings and the head, the padding row zero.
+        assert!((std("decoder.embed_tokens.weight") - 0.125).abs() < 0.005 && (std("lm_head.weight") - 0.125).abs() < 0.005);
+        assert_eq!(vars["decoder.embed_tokens.weight"].get(1).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        // Xavier-uniform bounds: q/k/v with gain 2^-1/2 (sqrt(6/128)/sqrt(2) = 0.153), fc1 sqrt(6/320).
+        let q = max("decoder.layers.0.self_attn.q_proj.weight");
+        assert!(q <= 0.1531 && q > 0.15, "{q}");
+        let fc1 = max("decoder.layers.0.fc1.weight");
+        assert!(fc1 <= (6.0f64 / 320.0).sqrt() && fc1 > 0.13, "{fc1}");
+        // Biases and layer norms keep their init.
+        assert_eq!(vars["decoder.layers.0.fc1.bias"].abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(vars["decoder.layer_norm.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+    }
+}
