@@ -162,7 +162,7 @@ fn batched_samples_equal_samples_drawn_alone() {
     // attention and head so that conditioning shows in the tokens.
     for (name, mut var) in vs.variables() {
         let gain = if name.contains("self_attn") { 10.0 } else if name.starts_with("lm_head") { 50.0 } else { 1.0 };
-        tch::no_grad(|| var.g_mul_scalar_(gain));
+        let _ = tch::no_grad(|| var.g_mul_scalar_(gain));
     }
     let passage = Passage::new(&lead_sheet((3, 4), 7, 100.0), 1, Some(6)).unwrap();
     // Every bar written (no `</s>`), so each sample has notes enough to show its conditioning.

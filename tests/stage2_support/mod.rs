@@ -9,6 +9,8 @@ use stylebridge::data::pairing::{octuple_ids, remi_ids};
 use stylebridge::data::shards::{AudioLayout, PairRow};
 use stylebridge::data::split::Split;
 
+// Each test binary uses its own subset of the fixture.
+#[allow(unused_imports)]
 pub use crate::run_support::{ok, run};
 pub const CODEBOOK: u16 = 32;
 /// 4/4 in the OctupleMIDI time-signature table.
