@@ -8,8 +8,8 @@
 //! OctupleMIDI rows), sorted by (onset, program, pitch low to high): `o-<onset>` inside the bar
 //! and after the bar's previous onset, `i-<program>` (0..=127, no drums; above the onset's
 //! previous program), `p-<pitch>` (0..=127; not below the previous pitch of the same onset
-//! and program: a pitch may repeat with another duration, as an arpeggio's first note doubles its
-//! held bass), `d-<bucket>` and `v-<bin>`, and after a whole
+//! and program; a pitch repeats only with a longer duration, as an arpeggio's first note doubles
+//! its held bass, so no note is written twice and a model cannot loop on one), `d-<bucket>` and `v-<bin>`, and after a whole
 //! note another pitch, program, onset or `b-1`. Duration bucket 0 is never allowed: it decodes to
 //! a zero-length note, which is silent. `</s>` is allowed at a bar boundary only and ends the
 //! window early (BOSSA stops sampling on `</s>`), unless turned off
@@ -146,12 +146,12 @@ enum State {
     Onset { onset: u32 },
     /// After `i-*`: `p-*`.
     Program { onset: u32, program: u32 },
-    /// After `p-*`: `d-*`.
-    Pitch { onset: u32, program: u32, pitch: u32 },
+    /// After `p-*`: `d-*` from bucket `min_duration` on.
+    Pitch { onset: u32, program: u32, pitch: u32, min_duration: u32 },
     /// After `d-*`: `v-*`.
-    Duration { onset: u32, program: u32, pitch: u32 },
+    Duration { onset: u32, program: u32, pitch: u32, duration: u32 },
     /// After a whole note: `p-*`, `i-*`, `o-*` or `b-1`.
-    Note { onset: u32, program: u32, pitch: u32 },
+    Note { onset: u32, program: u32, pitch: u32, duration: u32 },
     Done(End),
 }
 
@@ -247,11 +247,15 @@ impl Grammar {
             State::Header | State::Note { .. } if id == remi::BAR_END => self.close_bar(),
             State::Header => State::Onset { onset: value(remi::POSITION) },
             State::Onset { onset } => State::Program { onset, program: value(remi::PROGRAM) },
-            State::Program { onset, program } => State::Pitch { onset, program, pitch: value(remi::PITCH) },
-            State::Pitch { onset, program, pitch } => State::Duration { onset, program, pitch },
-            State::Duration { onset, program, pitch } => State::Note { onset, program, pitch },
-            State::Note { onset, program, .. } => match id {
-                _ if id >= remi::PITCH => State::Pitch { onset, program, pitch: value(remi::PITCH) },
+            State::Program { onset, program } => State::Pitch { onset, program, pitch: value(remi::PITCH), min_duration: 1 },
+            State::Pitch { onset, program, pitch, .. } => State::Duration { onset, program, pitch, duration: value(remi::DURATION) },
+            State::Duration { onset, program, pitch, duration } => State::Note { onset, program, pitch, duration },
+            State::Note { onset, program, pitch: last, duration } => match id {
+                _ if id >= remi::PITCH => {
+                    let pitch = value(remi::PITCH);
+                    // A repeated pitch is another note only with a longer duration (rows sort by duration next).
+                    State::Pitch { onset, program, pitch, min_duration: if pitch == last { duration + 1 } else { 1 } }
+                }
                 _ if id >= remi::PROGRAM => State::Program { onset, program: value(remi::PROGRAM) },
                 _ => State::Onset { onset: value(remi::POSITION) },
             },
@@ -300,7 +304,7 @@ impl Grammar {
         let bar_end = remi::BAR_END..remi::BAR_END + 1;
         let closing = if self.bar + 1 < self.bars.len() { State::BarStart } else { State::Done(End::Bars) };
         let (o, p) = (State::Onset { onset: 0 }, State::Program { onset: 0, program: 0 });
-        let pitch = State::Pitch { onset: 0, program: 0, pitch: 0 };
+        let pitch = State::Pitch { onset: 0, program: 0, pitch: 0, min_duration: 1 };
         let all = |base: u32| family(base, 0, MAX_MIDI + 1);
         match self.state {
             State::BarStart => vec![
@@ -311,15 +315,16 @@ impl Grammar {
             State::Header => vec![(bar_end, closing), (family(remi::POSITION, 0, bar.length), o)],
             State::Onset { .. } => vec![(all(remi::PROGRAM), p)],
             State::Program { .. } => vec![(all(remi::PITCH), pitch)],
-            State::Pitch { .. } => {
-                vec![(family(remi::DURATION, 1, DURATION_BUCKETS), State::Duration { onset: 0, program: 0, pitch: 0 })]
+            State::Pitch { min_duration, .. } => {
+                vec![(family(remi::DURATION, min_duration, DURATION_BUCKETS), State::Duration { onset: 0, program: 0, pitch: 0, duration: 0 })]
             }
-            State::Duration { .. } => vec![(family(remi::VELOCITY, 0, VELOCITY_BINS), State::Note { onset: 0, program: 0, pitch: 0 })],
-            State::Note { onset, program, pitch: last } => vec![
+            State::Duration { .. } => vec![(family(remi::VELOCITY, 0, VELOCITY_BINS), State::Note { onset: 0, program: 0, pitch: 0, duration: 0 })],
+            State::Note { onset, program, pitch: last, duration } => vec![
                 (bar_end, closing),
                 (family(remi::POSITION, onset + 1, bar.length.max(onset + 1)), o),
                 (family(remi::PROGRAM, program + 1, MAX_MIDI + 1), p),
-                (family(remi::PITCH, last, MAX_MIDI + 1), pitch),
+                // The same pitch again only if a longer duration is left for it.
+                (family(remi::PITCH, if duration + 1 < DURATION_BUCKETS { last } else { last + 1 }, MAX_MIDI + 1), pitch),
             ],
             State::Done(_) => Vec::new(),
         }
@@ -392,6 +397,10 @@ mod tests {
         feed(&mut g, "v-20");
         // After a note: the same or a higher pitch, a higher program, a later onset, or the bar end.
         assert!(refused(&g, "p-63") && !refused(&g, "p-64") && !refused(&g, "p-127"));
+        // The same pitch again is another note only with a longer duration.
+        let mut again = g.clone();
+        feed(&mut again, "p-64");
+        assert!(refused(&again, "d-12") && refused(&again, "d-5") && !refused(&again, "d-13"));
         assert!(refused(&g, "i-0") && !refused(&g, "i-1"));
         assert!(refused(&g, "o-12") && refused(&g, "o-5") && !refused(&g, "o-13") && refused(&g, "o-48"));
         assert!(refused(&g, "</s>") && refused(&g, "s-9"));
