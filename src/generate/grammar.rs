@@ -4,12 +4,12 @@
 //!
 //! Per bar: `s-<the lead sheet's signature of that bar>` `t-<its tempo bin>` (both forced: the
 //! lead-sheet tokens carry no tempo, so the model cannot know it), then either `b-1` (an empty
-//! bar) or notes in the order [`remi::tokens`] writes them (BOSSA's `note2token` over sorted
-//! OctupleMIDI rows), sorted by (onset, program, pitch low to high): `o-<onset>` inside the bar
-//! and after the bar's previous onset, `i-<program>` (0..=127, no drums; above the onset's
-//! previous program), `p-<pitch>` (0..=127; not below the previous pitch of the same onset
-//! and program; a pitch repeats only with a longer duration, as an arpeggio's first note doubles
-//! its held bass, so no note is written twice and a model cannot loop on one), `d-<bucket>` and `v-<bin>`, and after a whole
+//! bar) or notes in the order of the training targets ([`crate::data::pairing::segment_pairs`]:
+//! BOSSA's `pitch_order='high_to_low'`), sorted by (onset, program, pitch high to low):
+//! `o-<onset>` inside the bar and after the bar's previous onset, `i-<program>` (0..=127, no
+//! drums; above the onset's previous program), `p-<pitch>` (0..=127; not above the previous pitch
+//! of the same onset and program; a pitch repeats only with a longer duration, as an arpeggio's
+//! first note doubles its held bass, so no note is written twice and a model cannot loop on one), `d-<bucket>` and `v-<bin>`, and after a whole
 //! note another pitch, program, onset or `b-1`. Duration bucket 0 is never allowed: it decodes to
 //! a zero-length note, which is silent. `</s>` is allowed at a bar boundary only and ends the
 //! window early (BOSSA stops sampling on `</s>`), unless turned off
@@ -324,7 +324,7 @@ impl Grammar {
                 (family(remi::POSITION, onset + 1, bar.length.max(onset + 1)), o),
                 (family(remi::PROGRAM, program + 1, MAX_MIDI + 1), p),
                 // The same pitch again only if a longer duration is left for it.
-                (family(remi::PITCH, if duration + 1 < DURATION_BUCKETS { last } else { last + 1 }, MAX_MIDI + 1), pitch),
+                (family(remi::PITCH, 0, if duration + 1 < DURATION_BUCKETS { last + 1 } else { last }), pitch),
             ],
             State::Done(_) => Vec::new(),
         }
@@ -395,8 +395,8 @@ mod tests {
         feed(&mut g, "d-12");
         assert!(!refused(&g, "v-0") && !refused(&g, "v-31") && refused(&g, "p-60"));
         feed(&mut g, "v-20");
-        // After a note: the same or a higher pitch, a higher program, a later onset, or the bar end.
-        assert!(refused(&g, "p-63") && !refused(&g, "p-64") && !refused(&g, "p-127"));
+        // After a note: the same or a lower pitch, a higher program, a later onset, or the bar end.
+        assert!(refused(&g, "p-65") && !refused(&g, "p-64") && !refused(&g, "p-0"));
         // The same pitch again is another note only with a longer duration.
         let mut again = g.clone();
         feed(&mut again, "p-64");
@@ -404,9 +404,9 @@ mod tests {
         assert!(refused(&g, "i-0") && !refused(&g, "i-1"));
         assert!(refused(&g, "o-12") && refused(&g, "o-5") && !refused(&g, "o-13") && refused(&g, "o-48"));
         assert!(refused(&g, "</s>") && refused(&g, "s-9"));
-        feed(&mut g, "p-67 d-6 v-20 i-33 p-40 d-24 v-18");
+        feed(&mut g, "p-60 d-6 v-20 i-33 p-40 d-24 v-18");
         // A new program resets the pitch order; a new onset resets the program order.
-        assert!(!refused(&g, "p-41") && refused(&g, "p-39") && !refused(&g, "i-34") && refused(&g, "i-33"));
+        assert!(!refused(&g, "p-39") && refused(&g, "p-41") && !refused(&g, "i-34") && refused(&g, "i-33"));
         feed(&mut g, "o-47 i-0 p-72 d-1 v-1");
         assert!(refused(&g, "o-48"), "no onset after the bar's last position");
         assert_eq!(g.end(), None);
@@ -425,15 +425,19 @@ mod tests {
     }
 
     #[test]
-    fn every_arrangement_of_the_embedded_corpus_is_a_sentence_of_the_grammar() {
+    fn every_training_target_of_the_embedded_corpus_is_a_sentence_of_the_grammar() {
         // What the model is trained on must be what the sampler allows: the order of onsets,
-        // programs and pitches in the training targets, in every style and both meters.
+        // programs and pitches in the training targets (the segments `prepare` stores), in every
+        // style and both meters.
+        use crate::data::corpus;
         for index in 0..3 {
-            let sheet = crate::data::corpus::lead_sheet(0, index, 8);
-            for style in crate::data::corpus::Style::ALL.into_iter().filter(|s| s.fits(sheet.beats)) {
-                let touch = crate::data::corpus::drawn_touch(0, index, style);
-                let score = crate::data::corpus::arrangement(&sheet, style, touch, false, 0, index);
-                let ids = remi::encode(&score).unwrap();
+            let sheet = corpus::lead_sheet(0, index, 8);
+            for style in corpus::Style::ALL.into_iter().filter(|s| s.fits(sheet.beats)) {
+                let mut score = corpus::arrangement(&sheet, style, corpus::drawn_touch(0, index, style), false, 0, index);
+                // `prepare` plays every target track on piano (program 0).
+                score.instruments.iter_mut().for_each(|i| i.program = 0);
+                let pairs = crate::data::pairing::segment_pairs(&score, &score, Default::default(), 0).unwrap();
+                let ids: Vec<u32> = pairs.iter().flat_map(|p| remi::tokens(&p.target, false)).collect();
                 let mut g = Grammar::new(bar_specs(&ids), 2 * ids.len()).unwrap().without_end_token();
                 for (i, &t) in ids.iter().enumerate() {
                     g.advance(t).unwrap_or_else(|e| panic!("{} {}: token {i} ({}): {e:#}", sheet.id, style.name(), remi::token_name(t)));
@@ -461,9 +465,9 @@ mod tests {
     #[test]
     fn edges_of_each_range_leave_only_what_remains() {
         let mut g = Grammar::new(vec![bar(4, 4, 35)], 100).unwrap();
-        feed(&mut g, "s-9 t-35 o-47 i-127 p-127 d-1 v-0");
-        // Highest pitch, highest program, last onset: only that pitch again or the bar end.
-        assert_eq!(g.allowed().iter().collect::<Vec<_>>(), [remi::BAR_END, remi::PITCH + 127]);
+        feed(&mut g, "s-9 t-35 o-47 i-127 p-0 d-1 v-0");
+        // Lowest pitch, highest program, last onset: only that pitch again or the bar end.
+        assert_eq!(g.allowed().iter().collect::<Vec<_>>(), [remi::BAR_END, remi::PITCH]);
     }
 
     #[test]
