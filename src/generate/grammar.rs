@@ -9,11 +9,12 @@
 //! `o-<onset>` inside the bar and after the bar's previous onset, `i-<program>` (0..=127, no
 //! drums; above the onset's previous program), `p-<pitch>` (0..=127; not above the previous pitch
 //! of the same onset and program; a pitch repeats only with a longer duration, as an arpeggio's
-//! first note doubles its held bass, so no note is written twice and a model cannot loop on one), `d-<bucket>` and `v-<bin>`, and after a whole
-//! note another pitch, program, onset or `b-1`. Duration bucket 0 is never allowed: it decodes to
-//! a zero-length note, which is silent. `</s>` is allowed at a bar boundary only and ends the
-//! window early (BOSSA stops sampling on `</s>`), unless turned off
-//! ([`Grammar::without_end_token`]); after the window's last `b-1` nothing is allowed.
+//! first note doubles its held bass, so no note is written twice and a model cannot loop on one),
+//! `d-<bucket>` and `v-<bin>`, and after a whole note another pitch, program, onset or `b-1`.
+//! Duration bucket 0 is never allowed: it decodes to a zero-length note, which is silent. `</s>`
+//! is allowed at a bar boundary only and ends the window early (BOSSA stops sampling on `</s>`),
+//! unless turned off ([`Grammar::without_end_token`]); after the window's last `b-1` nothing is
+//! allowed.
 //!
 //! The budget: a window may take at most `budget` new tokens. A token is allowed only if, after
 //! it, the tokens left still suffice to finish the current note and bar and write every remaining

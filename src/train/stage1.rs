@@ -457,8 +457,8 @@ mod tests {
         }
     }
 
-    fn tiny_config(objectives: Objectives) -> ModelConfig {
-        ModelConfig {
+    fn tiny_model(objectives: Objectives) -> Stage1Model {
+        let cfg = ModelConfig {
             musicgen: MusicgenSource {
                 tiny: Some(crate::models::frozen_audio::TinyMusicgen { hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, ffn_dim: 16, codebook_size: 16, num_codebooks: 4, seed: None }),
                 ..Default::default()
@@ -475,11 +475,8 @@ mod tests {
             },
             objectives,
             ..Default::default()
-        }
-    }
-
-    fn tiny_model(objectives: Objectives) -> Stage1Model {
-        Stage1Model::new(&tiny_config(objectives), Precision::Fp32, Device::Cpu, 5).unwrap()
+        };
+        Stage1Model::new(&cfg, Precision::Fp32, Device::Cpu, 5).unwrap()
     }
 
     /// Two rows: lead note, <s>, 2 piano notes, </s>, pad.
