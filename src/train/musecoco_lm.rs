@@ -108,9 +108,12 @@ impl MusecocoLmTask {
 /// biases zero. The HF port's N(0, 0.02) is only a placeholder its checkpoints overwrite; from
 /// it, scaled token embeddings start at a quarter of the sinusoids' size and every attention
 /// score near one, which a model this small trained for minutes does not grow out of.
+/// The draws go in name order: a `VarStore`'s hash map has another order in every process.
 fn fairseq_init(vs: &VarStore, n_embd: i64) {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
+        for (name, mut var) in vars {
             let size = var.size();
             if name.ends_with(".bias") || name.contains("layer_norm") {
                 continue;
@@ -182,5 +185,22 @@ mod tests {
         // Biases and layer norms keep their init.
         assert_eq!(vars["decoder.layers.0.fc1.bias"].abs().sum(Kind::Float).double_value(&[]), 0.0);
         assert_eq!(vars["decoder.layer_norm.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+    }
+
+    #[test]
+    fn fairseq_init_is_the_same_for_the_same_seed() {
+        // Every `variables()` map has its own hash order, as every process has.
+        let draw = || {
+            let vs = VarStore::new(Device::Cpu);
+            let cfg = MuseCocoConfig { n_embd: 16, n_head: 2, n_layer: 2, ffn_dim: 32, use_lora: false, ..MuseCocoConfig::xlarge() };
+            let _model = MuseCoco::new(vs.root(), &cfg);
+            tch::manual_seed(3);
+            fairseq_init(&vs, cfg.n_embd);
+            vs.variables()
+        };
+        let (a, b) = (draw(), draw());
+        for (name, t) in &a {
+            assert!(t.equal(&b[name]), "{name} was drawn differently");
+        }
     }
 }
