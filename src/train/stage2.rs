@@ -388,6 +388,12 @@ impl Inputs {
     }
 }
 
+/// For each row of a batch, the next row (cyclically) from another song, else the row itself.
+fn other_song_rows(songs: &[&str]) -> Vec<i64> {
+    let n = songs.len();
+    (0..n).map(|i| (1..n).map(|d| (i + d) % n).find(|&j| songs[j] != songs[i]).unwrap_or(i) as i64).collect()
+}
+
 /// Stage 2 as a [`Task`] for the trainer.
 pub struct Stage2Task {
     pub model: Stage2Model,
@@ -438,12 +444,36 @@ impl Task for Stage2Task {
         Ok(super::losses::next_token(&logits, &targets))
     }
 
-    /// Validation loss and accuracy: centred windows, no transposition, no dropout.
+    /// Validation loss and accuracy (centred windows, no transposition, no dropout), and
+    /// `audio_gain`: how much lower the loss is with each row's own audio than with another
+    /// song's (nats per target token). Near 0, the soft prompt is ignored; it is a lower bound,
+    /// as another song may share the style and a row whose batch has no other song keeps its own.
     fn validate(&mut self, max_batches: Option<usize>) -> Result<Vec<(String, f64)>> {
         let valid = self.valid.clone();
+        let Some((set, _)) = &valid else { return Ok(Vec::new()) };
         super::trainer::validation_means(&valid, max_batches, self.seed, |batch| {
-            let (logits, targets) = self.target_logits(batch, false)?;
-            Ok(super::losses::next_token_figures(&logits, &targets))
+            let x = Inputs::from_batch(batch, self.model.device())?;
+            let soft = self.model.soft_prompt(&x.codes, &x.audio_mask, false)?;
+                let (logits, targets) = self.model.net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, false)?;
+            let mut figures = super::losses::next_token_figures(&logits, &targets);
+            let songs: Vec<&str> = batch.rows.iter().map(|&r| set.rows[r].song_id.as_str()).collect();
+            let others = Tensor::from_slice(&other_song_rows(&songs)).to_device(soft.device());
+            let (swapped, _) = self.model.net.target_logits(&soft.index_select(0, &others), &x.tokens, &x.is_target, &x.is_real, false)?;
+            let gain = swapped.cross_entropy_for_logits(&targets).double_value(&[]) - figures[0].1;
+            figures.push(("audio_gain".into(), gain));
+            Ok(figures)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::other_song_rows;
+
+    #[test]
+    fn each_row_hears_the_next_other_song() {
+        assert_eq!(other_song_rows(&["a", "a", "b", "c", "c"]), [2, 2, 3, 0, 0]);
+        assert_eq!(other_song_rows(&["a", "a"]), [0, 1], "no other song: each row keeps its own");
+        assert_eq!(other_song_rows(&["a"]), [0]);
     }
 }
