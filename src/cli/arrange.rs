@@ -51,12 +51,8 @@ pub struct Args {
     /// Seconds into the reference: the fixed clip's start, or where the lead sheet's time 0 falls.
     #[arg(long, default_value_t = 0.0)]
     reference_offset: f64,
-    #[arg(long, default_value_t = 15)]
-    top_k: usize,
-    #[arg(long)]
-    top_p: Option<f64>,
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Candidates drawn as one batch.
@@ -109,6 +105,28 @@ struct Row {
     seed: u64,
 }
 
+/// The sampling settings `arrange` and `eval style-transfer` share.
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    /// Keep the k likeliest tokens (0: no top-k).
+    #[arg(long, default_value_t = 15)]
+    top_k: usize,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+}
+
+impl SamplingArgs {
+    /// Validated settings of one arrangement.
+    pub fn settings(&self, seed: u64, max_new_tokens: Option<usize>) -> Result<ArrangeConfig> {
+        let sampling = SamplingConfig { temperature: self.temperature, top_k: Some(self.top_k).filter(|&k| k > 0), top_p: self.top_p, seed };
+        let config = ArrangeConfig { sampling, max_new_tokens, ..ArrangeConfig::default() };
+        crate::yaml::validate(&config).context("sampling settings")?;
+        Ok(config)
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads as i32);
@@ -127,10 +145,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mix = mix_weights(&args.mix, rows.iter().map(|r| r.references.len()).max().unwrap_or(1))?;
     let settings = |seed: u64| -> Result<ArrangeConfig> {
-        let sampling = SamplingConfig { temperature: args.temperature, top_k: Some(args.top_k).filter(|&k| k > 0), top_p: args.top_p, seed };
-        let config = ArrangeConfig { sampling, max_new_tokens: args.max_new_tokens, ..ArrangeConfig::default() };
-        crate::yaml::validate(&config).context("sampling settings")?;
-        Ok(config)
+        args.sampling.settings(seed, args.max_new_tokens)
     };
     settings(args.seed)?;
     let mut arranger = Arranger::open(&args.checkpoint, args.encodec.as_deref(), args.stage1.as_deref(), device)?;

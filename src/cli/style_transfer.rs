@@ -18,8 +18,10 @@ use crate::data::shards;
 use crate::data::split::Split;
 use crate::eval::style_transfer::{features, melody_kept, Case, Report, StyleJudge};
 use crate::generate::arranger::{Arranger, Job, Keep};
-use crate::generate::{ArrangeConfig, ClipMode, SamplingConfig};
+use crate::generate::ClipMode;
 use crate::progress::Progress;
+
+use super::arrange::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,8 +42,14 @@ pub struct Args {
     /// Test lead sheets to arrange (each with every style its meter allows).
     #[arg(long, default_value_t = 12)]
     lead_sheets: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Candidates per case, the stage-1 scorer keeping the one most similar to the reference (the
+    /// paper keeps the best of 3, chosen by ear).
+    #[arg(long, default_value_t = 1)]
+    num_samples: usize,
     /// Most new tokens per window.
     #[arg(long)]
     max_new_tokens: Option<usize>,
@@ -83,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let synth = if args.render { Some(SoundFontSynth::load(&resolve_soundfont(None)?)?) } else { None };
     let device = crate::device::parse(&args.device)?;
+    let settings = args.sampling.settings(args.seed, args.max_new_tokens)?;
     let progress = Progress::new("style transfer", (cases.len() * models.len()) as u64);
     // Each lead sheet once: written where the jobs read it, with its melody for the figures.
     let mut sheets = std::collections::BTreeMap::new();
@@ -108,10 +117,10 @@ pub fn run(args: Args) -> Result<()> {
                 mode: ClipMode::Fixed { offset_seconds: 0.0 },
                 start_bar: 0,
                 bars: None,
-                num_samples: 1,
+                num_samples: args.num_samples,
                 keep: Keep::Best,
                 pedal: false,
-                settings: ArrangeConfig { sampling: SamplingConfig { seed: args.seed, ..Default::default() }, max_new_tokens: args.max_new_tokens, ..Default::default() },
+                settings: settings.clone(),
             };
             let outcome = arranger.arrange(&job);
             let (judged_style, kept) = match &outcome {
