@@ -38,6 +38,18 @@ fn stage2_trains_on_its_backbones_and_resumes_bitwise_after_sigkill() {
     let resolved = std::fs::read_to_string(dir.path().join("full/config.resolved.yaml")).unwrap();
     assert!(resolved.contains("qformer:") && resolved.contains("musicgen:"), "the stage-1 run's shapes are recorded:\n{resolved}");
 
+    // At qformer_lr_scale 0 the Q-Former stays as stage 1 left it while the adapters train.
+    let still = stage2_config(dir.path(), "still", 1);
+    ok(&["train", still.to_str().unwrap(), "--set", "model.qformer_lr_scale=0"]);
+    let step = |run: &str, n: u32| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(dir.path().join(format!("{run}/checkpoints/step-{n:08}/model.safetensors"))).unwrap().into_iter().collect()
+    };
+    let (first, last) = (step("still", 2), step("still", 4));
+    let changed = |name: &str| !first[name].equal(&last[name]);
+    let query = "blip2qformer.Qformer.bert.encoder.layer.0.crossattention.self.query.weight";
+    assert!(!changed(query) && changed("musecoco_proj.weight"), "the Q-Former is held, the projection trains");
+    assert!(!step("full", 12)[query].equal(&step("full", 10)[query]), "at the full rate the Q-Former trains");
+
     let cut = stage2_config(dir.path(), "cut", 3);
     let cut_dir = dir.path().join("cut");
     let killed_at = kill_after_first_checkpoint(&cut, &cut_dir, "step-00000012");

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
             let (train, valid) = loaders(&cfg, Stage::Stage2, collective.as_ref())?;
             let model = Stage2Model::for_training(model_cfg, device, cfg.seed)?;
             model.check_data(train.set(), &cfg.shards_dir().display().to_string())?;
-            let mut task = Stage2Task::new(model, train, valid, cfg.seed)?;
+            let mut task = Stage2Task::new(model, model_cfg, train, valid, cfg.seed)?;
             trainer.fit(&mut task, args.resume)?
         }
         ModelConfig::MusecocoLm(model_cfg) => {

@@ -24,7 +24,7 @@ use super::weights::Checkpoint;
 pub const POS_START: i64 = crate::data::encodings::remi::STAGE2_POS_START;
 /// Name prefix of MuseCoco's tensors in a stage-2 checkpoint.
 pub const MUSECOCO_PREFIX: &str = "musecoco.";
-const QFORMER_PREFIX: &str = "blip2qformer.";
+pub const QFORMER_PREFIX: &str = "blip2qformer.";
 
 pub struct Blip2Musecoco {
     /// `blip2qformer.*` and `musecoco_proj.*`: trainable.

@@ -38,6 +38,8 @@ impl crate::yaml::Validate for AdamWConfig {
 
 struct Slot {
     name: String,
+    /// This parameter's learning rate relative to the schedule's (torch's per-group `lr`).
+    lr_scale: f64,
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -60,11 +62,20 @@ impl AdamW {
             .map(|(name, param)| Slot {
                 exp_avg: param.zeros_like().detach(),
                 exp_avg_sq: param.zeros_like().detach(),
+                lr_scale: 1.0,
                 name,
                 param,
             })
             .collect();
         Self { config, slots, step: 0 }
+    }
+
+    /// Give each parameter, by name, a learning rate relative to the schedule's (decay too).
+    pub fn with_lr_scales(mut self, scale: impl Fn(&str) -> f64) -> Self {
+        for slot in &mut self.slots {
+            slot.lr_scale = scale(&slot.name);
+        }
+        self
     }
 
     pub fn steps_taken(&self) -> i64 {
@@ -114,13 +125,14 @@ impl AdamW {
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
         let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias_correction1;
         tch::no_grad(|| {
             for slot in &mut self.slots {
                 let grad = slot.param.grad();
                 if !grad.defined() {
                     continue;
                 }
+                let lr = lr * slot.lr_scale;
+                let step_size = lr / bias_correction1;
                 let _ = slot.param.g_mul_scalar_(1.0 - lr * weight_decay);
                 let _ = slot.exp_avg.lerp_(&grad, 1.0 - beta1);
                 let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
@@ -212,6 +224,22 @@ mod tests {
         let want = reference(1.5, &grads, 1e-2, cfg);
         let got = p.double_value(&[0]);
         assert!((got - want).abs() < 1e-6, "got {got}, want {want}");
+    }
+
+    #[test]
+    fn a_scaled_parameter_follows_the_formula_at_its_own_rate() {
+        let cfg = AdamWConfig::default();
+        let grads = [0.5, -1.25, 2.0];
+        let vs = VarStore::new(Device::Cpu);
+        let (a, b) = (vs.root().var("a", &[1], nn::Init::Const(1.5)), vs.root().var("b", &[1], nn::Init::Const(1.5)));
+        let mut opt = AdamW::new(trainable(&vs), cfg).with_lr_scales(|name| if name == "b" { 0.1 } else { 1.0 });
+        for g in grads {
+            opt.zero_grad();
+            ((&a + &b) * g).sum(Kind::Float).backward();
+            opt.step(1e-2);
+        }
+        assert!((a.double_value(&[0]) - reference(1.5, &grads, 1e-2, cfg)).abs() < 1e-6);
+        assert!((b.double_value(&[0]) - reference(1.5, &grads, 1e-3, cfg)).abs() < 1e-6);
     }
 
     #[test]

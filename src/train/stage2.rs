@@ -22,7 +22,7 @@ use super::checkpoint::{self, Backbone};
 use super::stage1;
 use super::trainer::{MicroLoss, Precision, Task};
 use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
-use crate::models::blip2_musecoco::Blip2Musecoco;
+use crate::models::blip2_musecoco::{Blip2Musecoco, QFORMER_PREFIX};
 use crate::models::frozen_audio::{step_mask, FrozenAudio, MusicgenSource};
 use crate::models::musecoco::MuseCocoConfig;
 use crate::models::musicgen::MusicgenDecoderConfig;
@@ -93,6 +93,9 @@ pub struct ModelConfig {
     pub musecoco: MuseCocoSource,
     /// Keep the frozen MusicGen features of every audio window seen (see stage 1).
     pub cache_features: bool,
+    /// The Q-Former's learning rate relative to the schedule's; unset: 1, one rate for all as
+    /// BOSSA trains. A short run at a high rate (the demo's) wipes the style out of Z instead.
+    pub qformer_lr_scale: Option<f64>,
 }
 
 impl PartialEq for ModelConfig {
@@ -117,6 +120,9 @@ impl Validate for ModelConfig {
             q.validate(&format!("{at}.qformer"), p);
         }
         self.musecoco.validate(&format!("{at}.musecoco"), p);
+        if let Some(scale) = self.qformer_lr_scale {
+            p.check(scale.is_finite() && scale >= 0.0, at, "qformer_lr_scale", || format!("is {scale}; must be 0 or more"));
+        }
         p.check(self.musecoco.checkpoint.is_some() || self.musecoco.tiny.is_some(), at, "musecoco", || {
             "needs `checkpoint` (the HF port of MuseCoco) or `tiny`".into()
         });
@@ -400,16 +406,17 @@ pub struct Stage2Task {
     train: Loader,
     valid: Option<(Arc<PairSet>, LoaderOptions)>,
     seed: u64,
+    qformer_lr_scale: f64,
 }
 
 impl Stage2Task {
     /// `encodec` names the EnCodec that made the codes (recorded, for `arrange`).
-    pub fn new(mut model: Stage2Model, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, seed: u64) -> Result<Self> {
+    pub fn new(mut model: Stage2Model, cfg: &ModelConfig, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, seed: u64) -> Result<Self> {
         let encodec = PathBuf::from(&train.set().layout.encodec);
         if encodec.exists() {
             model.backbones.push(Backbone::hash("encodec", &encodec)?);
         }
-        Ok(Self { model, train, valid, seed })
+        Ok(Self { model, train, valid, seed, qformer_lr_scale: cfg.qformer_lr_scale.unwrap_or(1.0) })
     }
 
     /// The target logits and tokens of a batch.
@@ -425,6 +432,10 @@ impl Task for Stage2Task {
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
         self.model.net.parameters()
+    }
+
+    fn lr_scale(&self, name: &str) -> f64 {
+        if name.starts_with(QFORMER_PREFIX) { self.qformer_lr_scale } else { 1.0 }
     }
 
     fn backbones(&self) -> Vec<Backbone> {

@@ -192,6 +192,10 @@ pub trait Task {
     fn model_state(&self) -> Vec<(String, Tensor)> {
         self.parameters()
     }
+    /// A parameter's learning rate relative to the schedule's, by its checkpoint name.
+    fn lr_scale(&self, _name: &str) -> f64 {
+        1.0
+    }
     /// The frozen checkpoints the run depends on, recorded (with their sha256) in every checkpoint.
     fn backbones(&self) -> Vec<Backbone> {
         Vec::new()
@@ -354,7 +358,7 @@ impl<'a> Trainer<'a> {
         }
         let total_steps = self.total_steps(batches_per_epoch);
         let mut run = Run {
-            optimizer: AdamW::new(task.parameters(), self.cfg.optimizer),
+            optimizer: AdamW::new(task.parameters(), self.cfg.optimizer).with_lr_scales(|name| task.lr_scale(name)),
             scaler: GradScaler::new(self.cfg.scaler),
             state: TrainState::start(self.seed),
             window: LogWindow::new(),
