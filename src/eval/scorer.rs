@@ -37,6 +37,10 @@ impl<E: Embedder> Scorer<E> {
         Self { model, max_notes, batch_size: 16 }
     }
 
+    pub fn model_mut(&mut self) -> &mut E {
+        &mut self.model
+    }
+
     /// The similarity of each pair; all pairs share `n_q`, `pad_code` and their frame count.
     pub fn scores(&mut self, pairs: &[ScorePair], n_q: usize, pad_code: u16) -> Result<Vec<f64>> {
         if pairs.is_empty() {

@@ -196,7 +196,11 @@ impl Arranger {
                 }
             }
         }
-        let scores = scorer.scores(&pairs, n_q, pad)?;
+        // Each clip is scored against every candidate: through MusicGen once, for this job only.
+        scorer.model_mut().cache_audio(true);
+        let scores = scorer.scores(&pairs, n_q, pad);
+        scorer.model_mut().cache_audio(false);
+        let scores = scores?;
         let per_window = references.len();
         let windows_count = clips.len();
         for (k, candidate) in candidates.iter_mut().enumerate() {

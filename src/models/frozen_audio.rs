@@ -86,6 +86,8 @@ impl Validate for MusicgenSource {
 pub struct FrozenAudio {
     musicgen: MusicgenDecoder,
     cache: Option<HashMap<u64, Tensor>>,
+    /// Windows the cache did not hold, run through the decoder since the cache was turned on.
+    computed: usize,
 }
 
 impl FrozenAudio {
@@ -119,13 +121,19 @@ impl FrozenAudio {
     }
 
     pub fn from_decoder(musicgen: MusicgenDecoder) -> Self {
-        Self { musicgen, cache: None }
+        Self { musicgen, cache: None, computed: 0 }
     }
 
     /// Keep the features of every window seen (worth it only when they fit in memory).
     pub fn with_cache(mut self, on: bool) -> Self {
-        self.cache = on.then(HashMap::new);
+        self.set_cache(on);
         self
+    }
+
+    /// Turn the cache on, empty, or off, dropping what it held.
+    pub fn set_cache(&mut self, on: bool) {
+        self.cache = on.then(HashMap::new);
+        self.computed = 0;
     }
 
     pub fn config(&self) -> &MusicgenDecoderConfig {
@@ -134,6 +142,11 @@ impl FrozenAudio {
 
     pub fn decoder(&self) -> &MusicgenDecoder {
         &self.musicgen
+    }
+
+    /// Windows run through the decoder since the cache was turned on.
+    pub fn computed(&self) -> usize {
+        self.computed
     }
 
     /// Windows held in the cache.
@@ -181,7 +194,10 @@ impl FrozenAudio {
                 h.finish()
             })
             .collect();
-        let missing: Vec<i64> = (0..b).filter(|&i| !cache.contains_key(&keys[i as usize])).collect();
+        // A window repeated within the batch (one clip scored against several candidates) runs once.
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<i64> = (0..b).filter(|&i| !cache.contains_key(&keys[i as usize]) && seen.insert(keys[i as usize])).collect();
+        self.computed += missing.len();
         if !missing.is_empty() {
             let index = Tensor::from_slice(&missing).to_device(codes.device());
             let fresh = run(&self.musicgen, &codes.index_select(0, &index))?;
@@ -242,6 +258,14 @@ mod tests {
             assert_eq!(fresh.size(), vec![2, 14, 8]);
         }
         assert_eq!(audio.cached(), 4, "2 rows x 2 distinct windows");
+
+        // One window three times and another once: two runs of the decoder.
+        audio.set_cache(true);
+        let rows = Tensor::arange(2 * 4 * 10, (Kind::Int64, Device::Cpu)).view([2, 4, 10]).remainder(16);
+        let batch = rows.index_select(0, &Tensor::from_slice(&[0i64, 1, 0, 0]));
+        let states = audio.states(&batch).unwrap();
+        assert_eq!((audio.computed(), audio.cached()), (2, 2));
+        assert!(states.get(0).equal(&states.get(3)) && !states.get(0).equal(&states.get(1)));
     }
 
     #[test]

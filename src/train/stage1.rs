@@ -214,6 +214,11 @@ impl Stage1Model {
         self.vs.device()
     }
 
+    /// Cache the frozen audio features by window (on: empty; off: dropped).
+    pub fn cache_audio(&mut self, on: bool) {
+        self.audio.set_cache(on);
+    }
+
     pub fn musicgen_config(&self) -> &MusicgenDecoderConfig {
         self.audio.config()
     }
