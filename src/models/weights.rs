@@ -147,12 +147,17 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()>
     crate::atomic::write(path, &bytes)
 }
 
-/// The trainable variables of a store, in name order (a `VarStore` keeps them in a hash map,
-/// whose order differs between processes).
+/// The variables of a store in name order (a `VarStore` keeps them in a hash map, whose order
+/// differs between processes).
+pub fn variables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// The trainable variables of a store, in name order.
 pub fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    params
+    variables(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect()
 }
 
 /// Check that `saved` holds exactly the tensors of `expected` with their shapes; the error lists

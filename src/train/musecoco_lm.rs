@@ -95,8 +95,8 @@ impl MusecocoLmTask {
         });
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         crate::atomic::write(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let named: Vec<(String, Tensor)> =
+            crate::models::weights::variables(&self.vs).into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
         crate::models::weights::write_safetensors(&dir.join("model.safetensors"), &refs)
     }
@@ -108,12 +108,10 @@ impl MusecocoLmTask {
 /// biases zero. The HF port's N(0, 0.02) is only a placeholder its checkpoints overwrite; from
 /// it, scaled token embeddings start at a quarter of the sinusoids' size and every attention
 /// score near one, which a model this small trained for minutes does not grow out of.
-/// The draws go in name order: a `VarStore`'s hash map has another order in every process.
+/// The draws go in name order, the same in every process.
 fn fairseq_init(vs: &VarStore, n_embd: i64) {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut var) in vars {
+        for (name, mut var) in crate::models::weights::variables(vs) {
             let size = var.size();
             if name.ends_with(".bias") || name.contains("layer_norm") {
                 continue;

@@ -725,9 +725,7 @@ mod tests {
     }
 
     fn weights(vs: &VarStore) -> Vec<u32> {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars.iter().flat_map(|(_, t)| Vec::<f32>::try_from(t).unwrap()).map(f32::to_bits).collect()
+        crate::models::weights::variables(vs).iter().flat_map(|(_, t)| Vec::<f32>::try_from(t).unwrap()).map(f32::to_bits).collect()
     }
 
     #[test]
