@@ -419,11 +419,11 @@ impl Stage2Task {
         Ok(Self { model, train, valid, seed, qformer_lr_scale: cfg.qformer_lr_scale.unwrap_or(1.0) })
     }
 
-    /// The target logits and tokens of a batch.
-    fn target_logits(&mut self, batch: &Batch, train: bool) -> Result<(Tensor, Tensor)> {
+    /// A batch's inputs and the soft prompt its audio gives.
+    fn prompted(&mut self, batch: &Batch, train: bool) -> Result<(Inputs, Tensor)> {
         let x = Inputs::from_batch(batch, self.model.device())?;
         let soft = self.model.soft_prompt(&x.codes, &x.audio_mask, train)?;
-        self.model.net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, train)
+        Ok((x, soft))
     }
 }
 
@@ -451,7 +451,8 @@ impl Task for Stage2Task {
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<MicroLoss> {
-        let (logits, targets) = self.target_logits(batch, true)?;
+        let (x, soft) = self.prompted(batch, true)?;
+        let (logits, targets) = self.model.net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, true)?;
         Ok(super::losses::next_token(&logits, &targets))
     }
 
@@ -463,15 +464,15 @@ impl Task for Stage2Task {
         let valid = self.valid.clone();
         let Some((set, _)) = &valid else { return Ok(Vec::new()) };
         super::trainer::validation_means(&valid, max_batches, self.seed, |batch| {
-            let x = Inputs::from_batch(batch, self.model.device())?;
-            let soft = self.model.soft_prompt(&x.codes, &x.audio_mask, false)?;
-                let (logits, targets) = self.model.net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, false)?;
-            let mut figures = super::losses::next_token_figures(&logits, &targets);
+            let (x, soft) = self.prompted(batch, false)?;
+            let net = &self.model.net;
+            let (logits, targets) = net.target_logits(&soft, &x.tokens, &x.is_target, &x.is_real, false)?;
             let songs: Vec<&str> = batch.rows.iter().map(|&r| set.rows[r].song_id.as_str()).collect();
             let others = Tensor::from_slice(&other_song_rows(&songs)).to_device(soft.device());
-            let (swapped, _) = self.model.net.target_logits(&soft.index_select(0, &others), &x.tokens, &x.is_target, &x.is_real, false)?;
-            let gain = swapped.cross_entropy_for_logits(&targets).double_value(&[]) - figures[0].1;
-            figures.push(("audio_gain".into(), gain));
+            let (swapped, _) = net.target_logits(&soft.index_select(0, &others), &x.tokens, &x.is_target, &x.is_real, false)?;
+            let mut figures = super::losses::next_token_figures(&logits, &targets);
+            let loss = figures.iter().find(|(name, _)| name == "loss").map(|(_, v)| *v).context("next_token_figures gives no loss")?;
+            figures.push(("audio_gain".into(), swapped.cross_entropy_for_logits(&targets).double_value(&[]) - loss));
             Ok(figures)
         })
     }
