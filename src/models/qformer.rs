@@ -553,7 +553,7 @@ impl QFormer {
         let mut used = std::collections::BTreeSet::new();
         let mut problems = Vec::new();
         tch::no_grad(|| {
-            for (name, mut var) in vs.variables() {
+            for (name, mut var) in super::weights::variables(vs) {
                 let Some(rel) = name.strip_prefix(&prefix) else { continue };
                 let source = if ckpt.contains(rel) { rel.to_string() } else { rel.replace("_query", "") };
                 let Some(src) = ckpt.get(&source) else { continue };

@@ -104,7 +104,7 @@ impl Checkpoint {
     /// composite model): variable `var_prefix + name` takes tensor `prefix + name`.
     pub fn load_part(&self, vs: &mut VarStore, var_prefix: &str, prefix: &str, ignore: impl Fn(&str) -> bool) -> Result<()> {
         let variables: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter_map(|(name, var)| name.strip_prefix(var_prefix).map(|rel| (rel.to_string(), var))).collect();
+            variables(vs).into_iter().filter_map(|(name, var)| name.strip_prefix(var_prefix).map(|rel| (rel.to_string(), var))).collect();
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
         let mut present = BTreeSet::new();
