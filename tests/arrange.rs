@@ -1,7 +1,8 @@
 //! `stylebridge arrange` end to end on a tiny stage-2 run: a lead sheet and a reference recording
 //! give a piano MIDI with the lead sheet's bars, tempo and meter, a record of how it was made, and
 //! ranked candidates; the same seed gives the same file; styles mix; a batch skips a bad row and
-//! finishes the rest; bad inputs are errors that name the file and the problem.
+//! finishes the rest; bad inputs are errors that name the file and the problem; `eval
+//! style-transfer` arranges and judges every case of a small corpus, the same way twice.
 mod parity_support;
 mod run_support;
 mod shards_support;
@@ -12,6 +13,9 @@ use std::sync::OnceLock;
 use run_support::file;
 use stage2_support::*;
 use stylebridge::data::audio::write_wav;
+use stylebridge::data::corpus;
+use stylebridge::data::shards::PairRow;
+use stylebridge::data::split::Split;
 use stylebridge::data::midi::{self, Instrument, Note, Score, TempoChange, TimeSignature};
 
 /// The trained fixture, built once per test binary: backbones, a stage-2 run, a tiny EnCodec.
@@ -219,4 +223,44 @@ fn a_converted_bossa_stage2_checkpoint_arranges() {
     // Without --encodec it says what is missing.
     let o = run(&["arrange", "--checkpoint", path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden/stage2")), "--leadsheet", path(dir.join("ls34.mid")), "--reference", path(dir.join("low.wav")), "-o", path(out)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("names no EnCodec"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_style_transfer_table_arranges_every_case_and_repeats_itself() {
+    let dir = fixture();
+    let corpus_dir = dir.join("st/corpus");
+    ok(&["corpus", "synth", "--songs", "4", "--seed", "3", "--bars", "8", "--styles", "alberti,block,waltz", "--out", path(corpus_dir.clone())]);
+    let items = corpus::Manifest::read(&corpus_dir).unwrap().items;
+    // The first two lead sheets train the judge, the last two are the test cases.
+    let mut sheets: Vec<&str> = items.iter().map(|i| i.lead_sheet.as_str()).collect();
+    sheets.dedup();
+    assert_eq!(sheets.len(), 4);
+    let split = |item: &corpus::Item| if sheets[..2].contains(&item.lead_sheet.as_str()) { Split::Train } else { Split::Test };
+    let rows = |s: Split| items.iter().filter(|i| split(i) == s).enumerate().map(|(k, i)| PairRow { song_id: i.name.clone(), ..pair(k, 0, s) }).collect();
+    let data = dir.join("st/shards");
+    shards_support::write(&data, layout(), &[(Split::Train, rows(Split::Train)), (Split::Test, rows(Split::Test))]);
+    // Each test lead sheet takes every style the other test lead sheet was arranged in.
+    let styles = |sheet: &str| items.iter().filter(|i| i.lead_sheet == sheet).map(|i| i.style).collect::<Vec<_>>();
+    let cases = styles(sheets[2]).iter().filter(|s| styles(sheets[3]).contains(s)).count() * 2;
+
+    let out = dir.join("st/out");
+    let stage2 = path(dir.join("stage2"));
+    let o = run(&["eval", "style-transfer", "--checkpoint", stage2, "--compare", &format!("again={stage2}"), "--corpus", path(corpus_dir), "--data", path(data), "--out", path(out.clone()), "--lead-sheets", "2", "--num-samples", "2", "--max-new-tokens", "60", "--encodec", path(dir.join("encodec/model"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&file(out.join("style_transfer.json"))).unwrap();
+    assert_eq!(report["judge_test_cases"], items.iter().filter(|i| split(i) == Split::Test).count());
+    let all = |model: &str| report["rows"].as_array().unwrap().iter().find(|r| r["model"] == model && r["reference_style"] == "all").cloned().unwrap();
+    assert_eq!(all("stage 2")["cases"], cases);
+    assert_eq!(all("stage 2")["decoded"], 100.0, "grammar-constrained sampling always decodes");
+    let drop_model = |mut r: serde_json::Value| {
+        r.as_object_mut().unwrap().remove("model");
+        r
+    };
+    assert_eq!(drop_model(all("again")), drop_model(all("stage 2")), "the same run and seed judged differently");
+    let written = std::fs::read_dir(out.join("arrange/stage_2")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "mid")).count();
+    assert_eq!(written, cases);
+    for case in report["cases"].as_array().unwrap() {
+        let kept = case["melody_kept"].as_u64().unwrap();
+        assert!(kept <= case["melody_notes"].as_u64().unwrap() && case["melody_notes"].as_u64().unwrap() > 0, "{case}");
+    }
 }

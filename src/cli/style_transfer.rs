@@ -56,6 +56,9 @@ pub struct Args {
     /// Also render every arrangement to WAV.
     #[arg(long)]
     render: bool,
+    /// The EnCodec that reads the references [default: the one each run's training codes came from].
+    #[arg(long)]
+    encodec: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -106,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut judged = Vec::new();
     for (model, run) in &models {
-        let mut arranger = Arranger::open(run, None, None, device)?;
+        let mut arranger = Arranger::open(run, args.encodec.as_deref(), None, device)?;
         let folder = args.out.join("arrange").join(model.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
         for (lead, reference) in &cases {
