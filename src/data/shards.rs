@@ -313,13 +313,11 @@ impl Manifest {
         let path = dir.join(MANIFEST_NAME);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (is {} a prepared shard folder?)", path.display(), dir.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
         // The version first: an older manifest may not even parse as this one.
-        let version = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("schema_version")?.as_u64())
-            .with_context(|| format!("{} is not a valid manifest (no schema_version)", path.display()))?;
+        let version = value.get("schema_version").and_then(|v| v.as_u64()).with_context(|| format!("{} is not a valid manifest (no schema_version)", path.display()))?;
         check_version(dir, version)?;
-        let manifest: Self = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", path.display()))?;
+        let manifest: Self = serde_json::from_value(value).with_context(|| format!("{} is not a valid manifest", path.display()))?;
         ensure!(
             manifest.shards.iter().any(|s| s.rows > 0),
             "{} lists no rows: no song of {} was prepared, so there is nothing to train or evaluate on; \

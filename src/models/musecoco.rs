@@ -181,7 +181,8 @@ impl RecurrentState {
     }
 
     /// Positions each row has consumed (soft prompt included).
-    pub fn lens(&self) -> &[i64] {
+    #[cfg(test)]
+    fn lens(&self) -> &[i64] {
         &self.lens
     }
 

@@ -4,9 +4,10 @@
 //! Update rule and order of operations follow `torch.optim.AdamW` (single-tensor path):
 //! decoupled weight decay `p *= 1 - lr*wd`, `m = lerp(m, g, 1-b1)`, `v = b2*v + (1-b2)*g*g`,
 //! `p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -153,31 +154,12 @@ impl AdamW {
         out
     }
 
-    /// Restore a state written by [`AdamW::state`]; every moment must be present and shaped
-    /// like its parameter.
-    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        let step = state.get("step").context("optimizer state has no `step`")?;
-        let mut problems = Vec::new();
-        for slot in &self.slots {
-            for (prefix, target) in [("exp_avg", &slot.exp_avg), ("exp_avg_sq", &slot.exp_avg_sq)] {
-                let key = format!("{prefix}.{}", slot.name);
-                match state.get(&key) {
-                    Some(t) if t.size() == target.size() => {}
-                    Some(t) => problems.push(format!("{key}: saved {:?}, model {:?}", t.size(), target.size())),
-                    None => problems.push(format!("{key}: missing")),
-                }
-            }
-        }
-        if !problems.is_empty() {
-            bail!("optimizer state does not match the model:\n  {}", problems.join("\n  "));
-        }
-        tch::no_grad(|| {
-            for slot in &mut self.slots {
-                slot.exp_avg.copy_(&state[&format!("exp_avg.{}", slot.name)]);
-                slot.exp_avg_sq.copy_(&state[&format!("exp_avg_sq.{}", slot.name)]);
-            }
-        });
-        self.step = step.int64_value(&[]);
+    /// Restore a state written by [`AdamW::state`] and read from `origin`; every moment must be
+    /// present and shaped like its parameter.
+    pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+        // The moments are shallow clones of the slots', so copying into them restores the slots.
+        crate::models::weights::copy_checked(&self.state(), saved, origin)?;
+        self.step = saved["step"].int64_value(&[]);
         Ok(())
     }
 }
@@ -265,7 +247,7 @@ mod tests {
                     let saved: BTreeMap<String, Tensor> =
                         opt.state().into_iter().map(|(k, t)| (k, t.copy())).collect();
                     let mut fresh = AdamW::new(trainable(&vs), AdamWConfig::default());
-                    fresh.load_state(&saved).unwrap();
+                    fresh.load_state(&saved, Path::new("saved")).unwrap();
                     opt = fresh;
                 }
                 opt.zero_grad();
@@ -287,7 +269,7 @@ mod tests {
         assert_eq!(opt.state().len(), 3);
         let mut bad: BTreeMap<String, Tensor> = opt.state().into_iter().collect();
         bad.insert("exp_avg.w".into(), Tensor::zeros([5], (Kind::Float, Device::Cpu)));
-        let err = opt.load_state(&bad).unwrap_err().to_string();
+        let err = opt.load_state(&bad, Path::new("bad.safetensors")).unwrap_err().to_string();
         assert!(err.contains("exp_avg.w: saved [5], model [2]"), "{err}");
     }
 }

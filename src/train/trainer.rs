@@ -627,7 +627,7 @@ fn restore<T: Task>(dir: &Path, task: &mut T, optimizer: &mut AdamW, scaler: &mu
     }
     checkpoint::check_backbones(&loaded.backbones, &task.backbones(), dir)?;
     crate::models::weights::copy_checked(&task.model_state(), &loaded.groups["model"], dir)?;
-    optimizer.load_state(&loaded.groups["optimizer"]).with_context(|| format!("in {}", dir.display()))?;
+    optimizer.load_state(&loaded.groups["optimizer"], &dir.join("optimizer.safetensors"))?;
     let s = &loaded.groups["scaler"];
     scaler.load_state(&s["scale"], &s["growth_tracker"]);
     Ok(loaded.state)
