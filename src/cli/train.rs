@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, ExperimentConfig, ModelConfig, RESUME_MAY_CHANGE};
-use crate::data::loader::{Loader, LoaderOptions, PairSet, Stage};
+use crate::data::loader::{Loader, LoaderOptions, PairSet, Stage, ValidationSet};
 use crate::data::split::Split;
 use crate::train::distributed::{self, Collective};
 use crate::train::musecoco_lm::MusecocoLmTask;
@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The training loader of this rank and the validation set (when the split has rows).
-fn loaders(cfg: &ExperimentConfig, stage: Stage, collective: &dyn Collective) -> Result<(Loader, Option<(Arc<PairSet>, LoaderOptions)>)> {
+fn loaders(cfg: &ExperimentConfig, stage: Stage, collective: &dyn Collective) -> Result<(Loader, Option<ValidationSet>)> {
     let shards = cfg.shards_dir();
     let readers = cfg.data.workers.max(1);
     let train_set = Arc::new(PairSet::open(&shards, Split::Train, readers).with_context(|| format!("training data {}", shards.display()))?);
@@ -93,7 +93,7 @@ fn loaders(cfg: &ExperimentConfig, stage: Stage, collective: &dyn Collective) ->
     // run on any number of processes.
     let parts = collective.world_size() * cfg.train.grad_accum.max(1);
     ensure!(
-        cfg.train.batch_size % parts == 0 && cfg.train.batch_size >= parts,
+        cfg.train.batch_size.is_multiple_of(parts) && cfg.train.batch_size >= parts,
         "train.batch_size {} (the global batch) does not split into {} processes x {} accumulated micro-batches",
         cfg.train.batch_size,
         collective.world_size(),

@@ -146,6 +146,9 @@ impl PairSet {
     }
 }
 
+/// The validation split and how to batch it.
+pub type ValidationSet = (Arc<PairSet>, LoaderOptions);
+
 /// How batches are drawn; see the `data:` config section for the meaning and defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderOptions {

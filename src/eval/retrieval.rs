@@ -140,7 +140,7 @@ pub fn summarize(runs: &[Figures]) -> Summary {
 pub fn random_guess(queries: usize, runs: usize, seed: u64) -> Summary {
     let per_run: Vec<Figures> = (0..runs)
         .map(|run| {
-            let mut rng = KeyedRng::new(&[seed, run as u64, 0x52_414e_44]);
+            let mut rng = KeyedRng::new(&[seed, run as u64, 0x5241_4e44]);
             let ranks: Vec<usize> = (0..queries).map(|_| rng.int_in(1, queries as i64) as usize).collect();
             figures(&ranks)
         })

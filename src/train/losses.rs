@@ -165,7 +165,7 @@ mod tests {
         }
         let want = total / (2.0 * n as f64);
         assert!(close(loss, want, 1e-6), "got {loss}, want {want}");
-        assert!(close(to_vec(&a2s)[1 * n + 2], sim(1, 2), 1e-9));
+        assert!(close(to_vec(&a2s)[n + 2], sim(1, 2), 1e-9));
     }
 
     #[test]

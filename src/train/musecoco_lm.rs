@@ -10,13 +10,12 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::stage2::{Inputs, TinyMuseCoco};
 use super::trainer::{MicroLoss, Task};
 use crate::data::encodings::remi;
-use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet};
+use crate::data::loader::{Batch, Loader, ValidationSet};
 use crate::models::blip2_musecoco::POS_START;
 use crate::models::musecoco::{MuseCoco, MuseCocoConfig};
 use crate::yaml::{Problems, Validate};
@@ -41,12 +40,12 @@ pub struct MusecocoLmTask {
     vs: VarStore,
     model: MuseCoco,
     train: Loader,
-    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    valid: Option<ValidationSet>,
     seed: u64,
 }
 
 impl MusecocoLmTask {
-    pub fn new(cfg: &ModelConfig, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, device: Device, seed: u64) -> Self {
+    pub fn new(cfg: &ModelConfig, train: Loader, valid: Option<ValidationSet>, device: Device, seed: u64) -> Self {
         tch::manual_seed(seed as i64);
         let vs = VarStore::new(device);
         let model = MuseCoco::new(vs.root(), &MuseCocoConfig { use_lora: false, ..cfg.musecoco.config() });

@@ -21,7 +21,7 @@ use super::losses::{self, SLOT_NAMES};
 use super::checkpoint::Backbone;
 use super::trainer::{Collective, MicroLoss, Precision, Task};
 use crate::data::encodings::octuple;
-use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
+use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic, ValidationSet};
 use crate::eval::retrieval::{self, Embedder, RetrievalConfig, Source};
 use crate::models::frozen_audio::{step_mask, FrozenAudio, MusicgenSource};
 use crate::models::musicgen::MusicgenDecoderConfig;
@@ -328,7 +328,7 @@ impl Embedder for Stage1Model {
 pub struct Stage1Task<'a> {
     pub model: Stage1Model,
     train: Loader,
-    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    valid: Option<ValidationSet>,
     retrieval: RetrievalConfig,
     collective: &'a dyn Collective,
     seed: u64,
@@ -340,7 +340,7 @@ impl<'a> Stage1Task<'a> {
     pub fn new(
         model: Stage1Model,
         train: Loader,
-        valid: Option<(Arc<PairSet>, LoaderOptions)>,
+        valid: Option<ValidationSet>,
         retrieval: RetrievalConfig,
         collective: &'a dyn Collective,
         seed: u64,

@@ -15,13 +15,12 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::checkpoint::{self, Backbone};
 use super::stage1;
 use super::trainer::{MicroLoss, Precision, Task};
-use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet, Symbolic};
+use crate::data::loader::{Batch, Loader, PairSet, Symbolic, ValidationSet};
 use crate::models::blip2_musecoco::{Blip2Musecoco, QFORMER_PREFIX};
 use crate::models::frozen_audio::{step_mask, FrozenAudio, MusicgenSource};
 use crate::models::musecoco::MuseCocoConfig;
@@ -404,14 +403,14 @@ fn other_song_rows(songs: &[&str]) -> Vec<i64> {
 pub struct Stage2Task {
     pub model: Stage2Model,
     train: Loader,
-    valid: Option<(Arc<PairSet>, LoaderOptions)>,
+    valid: Option<ValidationSet>,
     seed: u64,
     qformer_lr_scale: f64,
 }
 
 impl Stage2Task {
     /// `encodec` names the EnCodec that made the codes (recorded, for `arrange`).
-    pub fn new(mut model: Stage2Model, cfg: &ModelConfig, train: Loader, valid: Option<(Arc<PairSet>, LoaderOptions)>, seed: u64) -> Result<Self> {
+    pub fn new(mut model: Stage2Model, cfg: &ModelConfig, train: Loader, valid: Option<ValidationSet>, seed: u64) -> Result<Self> {
         let encodec = PathBuf::from(&train.set().layout.encodec);
         if encodec.exists() {
             model.backbones.push(Backbone::hash("encodec", &encodec)?);

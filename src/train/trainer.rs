@@ -24,7 +24,7 @@ use super::checkpoint::{self, Backbone, CheckpointDir, TensorGroups};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::{learning_rate, ScheduleConfig};
-use crate::data::loader::{Batch, Loader, LoaderOptions, PairSet};
+use crate::data::loader::{Batch, Loader, ValidationSet};
 use crate::progress::Progress;
 use crate::yaml::{Problems, Validate};
 
@@ -126,7 +126,7 @@ impl Validate for TrainConfig {
         p.check(self.max_steps != Some(0), at, "max_steps", || "is 0; must be at least 1 (or unset)".into());
         p.check(self.batch_size >= 1, at, "batch_size", || "is 0; must be at least 1 (the global batch of one step)".into());
         p.check(self.grad_accum >= 1, at, "grad_accum", || "is 0; must be at least 1".into());
-        p.check(self.batch_size % self.grad_accum.max(1) == 0, at, "batch_size", || {
+        p.check(self.batch_size.is_multiple_of(self.grad_accum.max(1)), at, "batch_size", || {
             format!("({}) does not split into grad_accum ({}) micro-batches", self.batch_size, self.grad_accum)
         });
         let clip = self.clip_grad_norm;
@@ -542,7 +542,7 @@ impl<'a> Trainer<'a> {
 /// `val/<name>`, over the first `max_batches` batches (all when unset) of the validation split
 /// (none: no figures), without gradients, each batch under a fixed seed.
 pub fn validation_means(
-    valid: &Option<(Arc<PairSet>, LoaderOptions)>,
+    valid: &Option<ValidationSet>,
     max_batches: Option<usize>,
     seed: u64,
     mut figures: impl FnMut(&Batch) -> Result<Vec<(String, f64)>>,
