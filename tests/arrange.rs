@@ -2,7 +2,8 @@
 //! give a piano MIDI with the lead sheet's bars, tempo and meter, a record of how it was made, and
 //! ranked candidates; the same seed gives the same file; styles mix; a batch skips a bad row and
 //! finishes the rest; bad inputs are errors that name the file and the problem; `eval
-//! style-transfer` arranges and judges every case of a small corpus, the same way twice.
+//! style-transfer` arranges and judges every case of a small corpus, the same way twice, and with
+//! `--cover` hears each lead sheet's own recordings.
 mod parity_support;
 mod run_support;
 mod shards_support;
@@ -226,7 +227,7 @@ fn a_converted_bossa_stage2_checkpoint_arranges() {
 }
 
 #[test]
-fn the_style_transfer_table_arranges_every_case_and_repeats_itself() {
+fn the_style_transfer_table_arranges_every_case_and_repeats_itself_and_covers_hear_their_own_song() {
     let dir = fixture();
     let corpus_dir = dir.join("st/corpus");
     ok(&["corpus", "synth", "--songs", "4", "--seed", "3", "--bars", "8", "--styles", "alberti,block,waltz", "--out", path(corpus_dir.clone())]);
@@ -245,7 +246,7 @@ fn the_style_transfer_table_arranges_every_case_and_repeats_itself() {
 
     let out = dir.join("st/out");
     let stage2 = path(dir.join("stage2"));
-    let o = run(&["eval", "style-transfer", "--checkpoint", stage2, "--compare", &format!("again={stage2}"), "--corpus", path(corpus_dir), "--data", path(data), "--out", path(out.clone()), "--lead-sheets", "2", "--num-samples", "2", "--max-new-tokens", "60", "--encodec", path(dir.join("encodec/model"))]);
+    let o = run(&["eval", "style-transfer", "--checkpoint", stage2, "--compare", &format!("again={stage2}"), "--corpus", path(corpus_dir.clone()), "--data", path(data.clone()), "--out", path(out.clone()), "--lead-sheets", "2", "--num-samples", "2", "--max-new-tokens", "60", "--encodec", path(dir.join("encodec/model"))]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&file(out.join("style_transfer.json"))).unwrap();
     assert_eq!(report["judge_test_cases"], items.iter().filter(|i| split(i) == Split::Test).count());
@@ -263,4 +264,15 @@ fn the_style_transfer_table_arranges_every_case_and_repeats_itself() {
         let kept = case["melody_kept"].as_u64().unwrap();
         assert!(kept <= case["melody_notes"].as_u64().unwrap() && case["melody_notes"].as_u64().unwrap() > 0, "{case}");
     }
+    assert_eq!(report["cover"], false);
+
+    // Covers: every style of each test lead sheet, heard from its own recording.
+    let covers = dir.join("st/covers");
+    let o = run(&["eval", "style-transfer", "--checkpoint", stage2, "--cover", "--corpus", path(corpus_dir), "--data", path(data), "--out", path(covers.clone()), "--lead-sheets", "2", "--max-new-tokens", "60", "--encodec", path(dir.join("encodec/model"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&file(covers.join("style_transfer.json"))).unwrap();
+    assert_eq!(report["cover"], true);
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), styles(sheets[2]).len() + styles(sheets[3]).len());
+    assert!(cases.iter().all(|c| c["reference"].as_str().unwrap().starts_with(c["lead_sheet"].as_str().unwrap())), "a cover heard another song");
 }

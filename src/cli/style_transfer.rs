@@ -1,7 +1,8 @@
 //! `stylebridge eval style-transfer`: the demo's style-transfer table on the embedded corpus.
 //!
 //! Held-out test lead sheets are arranged, each with a test-split recording of every style its
-//! meter allows (taken from another lead sheet, `fixed` mode from second 0), by the stage-2 run
+//! meter allows (taken from another lead sheet, `fixed` mode from second 0; with `--cover` the
+//! lead sheet's own recording in that style, `follow` mode), by the stage-2 run
 //! and by any `--compare` runs (the "w/o PT" ablation); an independent judge fitted on the
 //! ground-truth arrangements of the training split names each arrangement's style
 //! (`eval::style_transfer`). MIDI and WAV files land under `OUT/arrange/<model>/`, the table in
@@ -53,6 +54,11 @@ pub struct Args {
     /// Most new tokens per window.
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Covers instead of style transfer: each case's reference is the lead sheet's own recording
+    /// in that style, read in `follow` mode (the audio is the song itself, as for the paper's
+    /// covers), not another lead sheet's from second 0.
+    #[arg(long)]
+    cover: bool,
     /// Also render every arrangement to WAV.
     #[arg(long)]
     render: bool,
@@ -84,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let judge_accuracy = 100.0 * right as f64 / test.len() as f64;
 
-    let cases = plan(&test, args.lead_sheets);
+    let cases = plan(&test, args.lead_sheets, args.cover);
     let leadsheets = args.out.join("leadsheets");
     std::fs::create_dir_all(&leadsheets).with_context(|| format!("cannot create {}", leadsheets.display()))?;
     let mut models = vec![("stage 2".to_string(), args.checkpoint.clone())];
@@ -117,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
             let job = Job {
                 lead_sheet: sheet_path.clone(),
                 references: vec![(args.corpus.join(&reference.audio), 1.0)],
-                mode: ClipMode::Fixed { offset_seconds: 0.0 },
+                mode: if args.cover { ClipMode::Follow { offset_seconds: 0.0 } } else { ClipMode::Fixed { offset_seconds: 0.0 } },
                 start_bar: 0,
                 bars: None,
                 num_samples: args.num_samples,
@@ -155,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     progress.finish();
-    let report = Report::new(judge_accuracy, test.len(), judged);
+    let report = Report::new(args.cover, judge_accuracy, test.len(), judged);
     let markdown = report.to_markdown();
     crate::atomic::write(&args.out.join("style_transfer.md"), markdown.as_bytes())?;
     crate::atomic::write(&args.out.join("style_transfer.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -168,8 +174,9 @@ fn beats(item: &Item) -> u32 {
 }
 
 /// (lead sheet's item, reference item) for the first `count` test lead sheets: every style the
-/// lead sheet's meter allows, the reference taken from the next other lead sheet that has it.
-fn plan<'a>(test: &[&'a Item], count: usize) -> Vec<(&'a Item, &'a Item)> {
+/// lead sheet's meter allows, the reference taken from the next other lead sheet that has it
+/// (`cover`: from the lead sheet itself).
+fn plan<'a>(test: &[&'a Item], count: usize, cover: bool) -> Vec<(&'a Item, &'a Item)> {
     let mut by_sheet: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
     for item in test {
         by_sheet.entry(item.lead_sheet.as_str()).or_default().push(item);
@@ -179,7 +186,8 @@ fn plan<'a>(test: &[&'a Item], count: usize) -> Vec<(&'a Item, &'a Item)> {
     for (k, sheet) in sheets.iter().take(count).enumerate() {
         let lead = by_sheet[sheet][0];
         for style in Style::ALL.into_iter().filter(|s| s.fits(beats(lead))) {
-            let reference = (1..sheets.len()).map(|d| sheets[(k + d) % sheets.len()]).find_map(|other| by_sheet[other].iter().find(|i| i.style == style));
+            let first = if cover { 0 } else { 1 };
+            let reference = (first..sheets.len()).map(|d| sheets[(k + d) % sheets.len()]).find_map(|other| by_sheet[other].iter().find(|i| i.style == style));
             if let Some(reference) = reference {
                 cases.push((lead, *reference));
             }

@@ -191,6 +191,9 @@ pub struct Row {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Covers (each reference is the lead sheet's own recording) rather than style transfer
+    /// (another lead sheet's).
+    pub cover: bool,
     /// The judge's accuracy on the ground-truth arrangements of the test split.
     pub judge_accuracy: f64,
     pub judge_test_cases: usize,
@@ -203,7 +206,7 @@ fn chance(beats: u32) -> f64 {
 }
 
 impl Report {
-    pub fn new(judge_accuracy: f64, judge_test_cases: usize, cases: Vec<Case>) -> Self {
+    pub fn new(cover: bool, judge_accuracy: f64, judge_test_cases: usize, cases: Vec<Case>) -> Self {
         let mut groups: BTreeMap<(String, String), Vec<&Case>> = BTreeMap::new();
         for c in &cases {
             groups.entry((c.model.clone(), c.reference_style.name().to_string())).or_default().push(c);
@@ -227,12 +230,17 @@ impl Report {
                 }
             })
             .collect();
-        Self { judge_accuracy, judge_test_cases, rows, cases }
+        Self { cover, judge_accuracy, judge_test_cases, rows, cases }
     }
 
     pub fn to_markdown(&self) -> String {
+        let title = if self.cover {
+            "Covers (each reference is the lead sheet's own recording in a style; the judge names the arrangement's style)"
+        } else {
+            "Style transfer (each reference is another lead sheet's recording; the judge names the arrangement's style)"
+        };
         let mut out = format!(
-            "## Style transfer (the judge names the reference's style)\n\nJudge: softmax regression on accompaniment features, fitted on the training split's ground truth; {:.1} % right on the {} ground-truth arrangements of the test split.\n\n| Model | Reference style | Cases | Judged as the reference (%) | Chance (%) | Melody notes kept (%) | Decoded (%) |\n|---|---|---|---|---|---|---|\n",
+            "## {title}\n\nJudge: softmax regression on accompaniment features, fitted on the training split's ground truth; {:.1} % right on the {} ground-truth arrangements of the test split.\n\n| Model | Reference style | Cases | Judged as the reference (%) | Chance (%) | Melody notes kept (%) | Decoded (%) |\n|---|---|---|---|---|---|---|\n",
             self.judge_accuracy, self.judge_test_cases
         );
         for r in &self.rows {
@@ -310,7 +318,7 @@ mod tests {
             melody_kept: 3,
             melody_notes: 4,
         };
-        let report = Report::new(90.0, 10, vec![case(Style::Block, Some(Style::Block)), case(Style::Block, Some(Style::Stride)), case(Style::Bossa, None)]);
+        let report = Report::new(false, 90.0, 10, vec![case(Style::Block, Some(Style::Block)), case(Style::Block, Some(Style::Stride)), case(Style::Bossa, None)]);
         let all = report.rows.iter().find(|r| r.reference_style == "all").unwrap();
         assert_eq!(all.cases, 3);
         assert!((all.judged_as_reference - 100.0 / 3.0).abs() < 1e-9 && (all.chance - 20.0).abs() < 1e-9);
