@@ -1,4 +1,5 @@
-//! The one place a device name (`cpu`, `cuda`, `cuda:N`, `auto`) becomes a `tch::Device`.
+//! The one place a device name (`cpu`, `cuda`, `cuda:N`, `auto`) becomes a `tch::Device`, and
+//! the CPU thread count is set.
 //!
 //! A CUDA device is checked here, where it is parsed, so that a machine without it gets a
 //! message saying what is visible (the facts `stylebridge info` prints) instead of a panic deep
@@ -25,6 +26,18 @@ impl Visible {
                 .to_string(),
             n => format!("this machine shows {n} CUDA device(s): cuda:0..cuda:{}", n - 1),
         }
+    }
+}
+
+/// Set libtorch's intra-op thread count (`--threads`, `train.threads`); 0 is refused here
+/// rather than by a libtorch abort.
+pub fn set_threads(threads: usize) -> Result<()> {
+    match i32::try_from(threads) {
+        Ok(n) if n >= 1 => {
+            tch::set_num_threads(n);
+            Ok(())
+        }
+        _ => bail!("the thread count must be 1 ..= {}, got {threads}", i32::MAX),
     }
 }
 

@@ -165,6 +165,7 @@ fn bad_inputs_name_the_file_and_the_problem() {
         (vec!["--reference", path(dir.join("low.wav")), "--start-bar", "9"], vec!["outside the lead sheet's 8 bars".into()]),
         (vec!["--reference", path(dir.join("low.wav")), "--top-p", "1.5"], vec!["top_p".into()]),
         (vec!["--reference", path(dir.join("low.wav")), "--reference-offset", "60"], vec!["past the end of the reference audio".into()]),
+        (vec!["--reference", path(dir.join("low.wav")), "--num-samples", "100000"], vec!["--num-samples must be 1 ..= 256".into()]),
     ];
     for (extra, wants) in cases {
         let mut args = vec!["--leadsheet", lead, "-o", out];
@@ -191,6 +192,11 @@ fn bad_inputs_name_the_file_and_the_problem() {
     }
     let empty = arrange(&["--leadsheet", path(dir.join("empty.mid")), "--reference", path(dir.join("low.wav")), "-o", out]);
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty.mid") && String::from_utf8_lossy(&empty.stderr).contains("no notes"), "{}", String::from_utf8_lossy(&empty.stderr));
+
+    // libtorch aborts on 0 threads; that is an error before it is asked.
+    let o = run(&["arrange", "--checkpoint", path(dir.join("stage2")), "--leadsheet", lead, "--reference", path(dir.join("low.wav")), "-o", out, "--threads", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("thread count must be 1"), "{err}");
 
     // A stage-1 run is no stage-2 model; a converted folder without MuseCoco weights neither.
     let o = run(&["arrange", "--checkpoint", path(dir.join("stage1")), "--leadsheet", lead, "--reference", path(dir.join("low.wav")), "-o", out]);

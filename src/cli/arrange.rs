@@ -129,7 +129,7 @@ impl SamplingArgs {
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(threads) = args.threads {
-        tch::set_num_threads(threads as i32);
+        crate::device::set_threads(threads)?;
     }
     let device = crate::device::parse(&args.device)?;
     let rows = match &args.batch {

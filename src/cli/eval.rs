@@ -55,7 +55,7 @@ fn run_retrieval(args: RetrievalArgs) -> Result<()> {
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg: ExperimentConfig = config::load(&dir.join(RESOLVED_NAME), &args.overrides)?;
     if let Some(threads) = cfg.train.threads {
-        tch::set_num_threads(threads as i32);
+        crate::device::set_threads(threads)?;
     }
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&cfg.train.device))?;
     // The run's model as trained, with any `--set model.*` the user gives.

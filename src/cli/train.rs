@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.model = ModelConfig::Stage2(m.resolve()?);
     }
     if let Some(threads) = cfg.train.threads {
-        tch::set_num_threads(threads as i32);
+        crate::device::set_threads(threads)?;
     }
     if cfg.train.deterministic {
         tch::Cuda::cudnn_set_benchmark(false);

@@ -79,6 +79,10 @@ pub struct Outcome {
     pub clip_starts: Vec<Vec<i64>>,
 }
 
+/// Most candidates per job: they are drawn as one batch, and each holds its own recurrent state
+/// (16 MiB at the MuseCoco-1B shape), so a typo such as 100000 would exhaust memory.
+pub const MAX_SAMPLES: usize = 256;
+
 /// A trained stage-2 model with the EnCodec that reads its references and, when one is known, the
 /// stage-1 model that ranks candidates.
 pub struct Arranger {
@@ -121,7 +125,11 @@ impl Arranger {
 
     /// Run one job.
     pub fn arrange(&mut self, job: &Job) -> Result<Outcome> {
-        ensure!(job.num_samples >= 1, "--num-samples must be at least 1");
+        ensure!(
+            (1..=MAX_SAMPLES).contains(&job.num_samples),
+            "--num-samples must be 1 ..= {MAX_SAMPLES} (they are drawn as one batch), got {}",
+            job.num_samples
+        );
         ensure!(!job.references.is_empty(), "no reference audio");
         if job.keep == Keep::Best && job.num_samples > 1 && self.scorer.is_none() {
             bail!("--keep best ranks candidates with the stage-1 model, and {} names none (a \"w/o PT\" run?); pass --stage1 RUN or use --keep all", self.checkpoint.display());
