@@ -281,4 +281,11 @@ fn the_style_transfer_table_arranges_every_case_and_repeats_itself_and_covers_he
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), styles(sheets[2]).len() + styles(sheets[3]).len());
     assert!(cases.iter().all(|c| c["reference"].as_str().unwrap().starts_with(c["lead_sheet"].as_str().unwrap())), "a cover heard another song");
+
+    // Settings that would judge nothing are refused before anything runs.
+    for (flag, value, want) in [("--lead-sheets", "0", "--lead-sheets must be at least 1"), ("--num-samples", "0", "--num-samples must be 1 ..= 256")] {
+        let o = run(&["eval", "style-transfer", "--checkpoint", stage2, "--corpus", "nowhere", "--data", "nowhere", "--out", path(dir.join("st/refused")), flag, value]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains(want), "{flag} {value}: {err}");
+    }
 }

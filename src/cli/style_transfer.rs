@@ -18,7 +18,7 @@ use crate::data::render::{resolve_soundfont, SoundFontSynth};
 use crate::data::shards;
 use crate::data::split::Split;
 use crate::eval::style_transfer::{features, melody_kept, Case, Report, StyleJudge};
-use crate::generate::arranger::{Arranger, Job, Keep};
+use crate::generate::arranger::{check_num_samples, Arranger, Job, Keep};
 use crate::generate::ClipMode;
 use crate::progress::Progress;
 
@@ -70,6 +70,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    ensure!(args.lead_sheets >= 1, "--lead-sheets must be at least 1");
+    check_num_samples(args.num_samples)?;
     let items = corpus::Manifest::read(&args.corpus)?.items;
     let splits = shards::Manifest::read(&args.data)?.songs;
     let in_split = |split: Split| -> Vec<&Item> {

@@ -83,6 +83,12 @@ pub struct Outcome {
 /// (16 MiB at the MuseCoco-1B shape), so a typo such as 100000 would exhaust memory.
 pub const MAX_SAMPLES: usize = 256;
 
+/// `--num-samples` within 1 ..= [`MAX_SAMPLES`].
+pub fn check_num_samples(n: usize) -> Result<()> {
+    ensure!((1..=MAX_SAMPLES).contains(&n), "--num-samples must be 1 ..= {MAX_SAMPLES} (they are drawn as one batch), got {n}");
+    Ok(())
+}
+
 /// A trained stage-2 model with the EnCodec that reads its references and, when one is known, the
 /// stage-1 model that ranks candidates.
 pub struct Arranger {
@@ -125,11 +131,7 @@ impl Arranger {
 
     /// Run one job.
     pub fn arrange(&mut self, job: &Job) -> Result<Outcome> {
-        ensure!(
-            (1..=MAX_SAMPLES).contains(&job.num_samples),
-            "--num-samples must be 1 ..= {MAX_SAMPLES} (they are drawn as one batch), got {}",
-            job.num_samples
-        );
+        check_num_samples(job.num_samples)?;
         ensure!(!job.references.is_empty(), "no reference audio");
         if job.keep == Keep::Best && job.num_samples > 1 && self.scorer.is_none() {
             bail!("--keep best ranks candidates with the stage-1 model, and {} names none (a \"w/o PT\" run?); pass --stage1 RUN or use --keep all", self.checkpoint.display());
