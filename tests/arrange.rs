@@ -55,8 +55,13 @@ fn lead_sheet(bars: u32, beats: u32) -> Score {
 }
 
 fn arrange(extra: &[&str]) -> std::process::Output {
+    arrange_with(&fixture().join("stage2"), extra)
+}
+
+/// `arrange` of stage-2 run `run` with the fixture's EnCodec, on one CPU thread.
+fn arrange_with(run_dir: &Path, extra: &[&str]) -> std::process::Output {
     let dir = fixture();
-    let mut args = vec!["arrange", "--checkpoint", dir.join("stage2").to_str().unwrap().to_string().leak(), "--encodec", dir.join("encodec/model").to_str().unwrap().to_string().leak(), "--threads", "1", "--device", "cpu"];
+    let mut args = vec!["arrange", "--checkpoint", run_dir.to_str().unwrap().to_string().leak(), "--encodec", dir.join("encodec/model").to_str().unwrap().to_string().leak(), "--threads", "1", "--device", "cpu"];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -288,4 +293,37 @@ fn the_style_transfer_table_arranges_every_case_and_repeats_itself_and_covers_he
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.code() == Some(1) && err.contains(want), "{flag} {value}: {err}");
     }
+}
+
+/// Copy folder `from` to `to`; `moved` = (old, new) rewrites a path in every YAML and JSON file.
+fn copy_dir(from: &Path, to: &Path, moved: Option<(&str, &str)>) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target, moved);
+        } else if let Some((old, new)) = moved.filter(|_| entry.path().extension().is_some_and(|x| x == "yaml" || x == "json")) {
+            std::fs::write(&target, std::fs::read_to_string(entry.path()).unwrap().replace(old, new)).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_frozen_backbone_changed_since_training_is_refused() {
+    let dir = fixture();
+    // The same run over a copy of its MuseCoco whose weights moved (same names and shapes).
+    let (original, tampered) = (dir.join("lm/musecoco"), dir.join("tampered/musecoco"));
+    copy_dir(&original, &tampered, None);
+    let weights = tampered.join("model.safetensors");
+    let moved: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&weights).unwrap().into_iter().map(|(k, t)| (k, t + 1.0)).collect();
+    tch::Tensor::write_safetensors(&moved, &weights).unwrap();
+    let run_dir = dir.join("tampered/stage2");
+    copy_dir(&dir.join("stage2"), &run_dir, Some((original.to_str().unwrap(), tampered.to_str().unwrap())));
+    let o = arrange_with(&run_dir, &["--leadsheet", path(dir.join("ls44.mid")), "--reference", path(dir.join("low.wav")), "-o", path(dir.join("tampered/out.mid"))]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("was trained on the musecoco") && err.contains("use the backbone it was trained on"), "{err}");
+    assert!(!dir.join("tampered/out.mid").exists());
 }

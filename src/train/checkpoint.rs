@@ -293,7 +293,7 @@ pub fn check_backbones(saved: &[Backbone], now: &[Backbone], dir: &Path) -> Resu
         };
         ensure!(
             old.sha256 == b.sha256,
-            "{} was trained on the {} at {} (sha256 {}), but {} now has sha256 {}: resume with the same backbone",
+            "{} was trained on the {} at {} (sha256 {}), but {} now has sha256 {}: use the backbone it was trained on",
             dir.display(),
             b.role,
             old.path.display(),

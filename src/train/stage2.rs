@@ -265,7 +265,12 @@ impl Stage2Model {
         let dir = checkpoint::resolve(path)?;
         let cfg: ModelConfig = checkpoint::model_section(&dir, "stage2")?;
         let seed = checkpoint::config_section(&dir, "seed")?;
-        let mut model = Self::for_arrange(&cfg, seed, &checkpoint::read_backbones(&dir)?, device)?;
+        let recorded = checkpoint::read_backbones(&dir)?;
+        // The frozen models must be the ones the adapters were trained on: another MuseCoco or
+        // MusicGen of the same shape would load and arrange nonsense.
+        let frozen: Vec<Backbone> = recorded.iter().filter(|b| b.role == "musecoco" || b.role == "musicgen").map(|b| Backbone::hash(&b.role, &b.path)).collect::<Result<_>>()?;
+        checkpoint::check_backbones(&recorded, &frozen, &dir)?;
+        let mut model = Self::for_arrange(&cfg, seed, &recorded, device)?;
         // What trained only: the optimizer state stays on disk.
         let path = dir.join("model.safetensors");
         let trained = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?.into_iter().collect();
