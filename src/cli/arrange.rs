@@ -53,17 +53,12 @@ pub struct Args {
     reference_offset: f64,
     #[command(flatten)]
     sampling: SamplingArgs,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Candidates drawn as one batch.
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
     /// Keep the candidate most similar to the reference (stage-1 similarity), or all of them.
     #[arg(long, value_enum, default_value_t = Keep::Best)]
     keep: Keep,
-    /// Most new tokens one window may take (the grammar closes its bars within it).
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
     /// Add sustain pedal at chord changes and bar lines (BOSSA's add_pedal).
     #[arg(long)]
     pedal: bool,
@@ -115,13 +110,24 @@ pub struct SamplingArgs {
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
+    /// Same seed, same output (on one machine and thread count).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most new tokens one window may take (the grammar closes its bars within it).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
 }
 
 impl SamplingArgs {
-    /// Validated settings of one arrangement.
-    pub fn settings(&self, seed: u64, max_new_tokens: Option<usize>) -> Result<ArrangeConfig> {
+    /// Validated settings of one arrangement, with `--seed`.
+    pub fn settings(&self) -> Result<ArrangeConfig> {
+        self.settings_seeded(self.seed)
+    }
+
+    /// Validated settings of one arrangement drawn from `seed` (a batch row's own).
+    fn settings_seeded(&self, seed: u64) -> Result<ArrangeConfig> {
         let sampling = SamplingConfig { temperature: self.temperature, top_k: Some(self.top_k).filter(|&k| k > 0), top_p: self.top_p, seed };
-        let config = ArrangeConfig { sampling, max_new_tokens, ..ArrangeConfig::default() };
+        let config = ArrangeConfig { sampling, max_new_tokens: self.max_new_tokens, ..ArrangeConfig::default() };
         crate::yaml::validate(&config).context("sampling settings")?;
         Ok(config)
     }
@@ -140,14 +146,11 @@ pub fn run(args: Args) -> Result<()> {
             output: args.output.clone().context("--output is required")?,
             start_bar: args.start_bar,
             bars: args.bars,
-            seed: args.seed,
+            seed: args.sampling.seed,
         }],
     };
     let mix = mix_weights(&args.mix, rows.iter().map(|r| r.references.len()).max().unwrap_or(1))?;
-    let settings = |seed: u64| -> Result<ArrangeConfig> {
-        args.sampling.settings(seed, args.max_new_tokens)
-    };
-    settings(args.seed)?;
+    args.sampling.settings()?;
     let mut arranger = Arranger::open(&args.checkpoint, args.encodec.as_deref(), args.stage1.as_deref(), device)?;
     if args.keep == Keep::Best && args.num_samples > 1 && !arranger.can_rank() {
         bail!("--keep best ranks candidates with a stage-1 model and {} names none; pass --stage1 RUN or --keep all", arranger.checkpoint.display());
@@ -171,7 +174,7 @@ pub fn run(args: Args) -> Result<()> {
             num_samples: args.num_samples,
             keep: args.keep,
             pedal: args.pedal,
-            settings: settings(row.seed)?,
+            settings: args.sampling.settings_seeded(row.seed)?,
         };
         let result = distinct_paths(&args, row)
             .and_then(|()| arranger.arrange(&job))
@@ -243,7 +246,7 @@ fn read_batch(list: &Path, args: &Args) -> Result<Vec<Row>> {
             output: resolve(o),
             start_bar: number("start_bar")?.map_or(args.start_bar, |v| v as usize),
             bars: number("bars")?.map(|v| v as usize).or(args.bars),
-            seed: number("seed")?.unwrap_or(args.seed),
+            seed: number("seed")?.unwrap_or(args.sampling.seed),
         });
     }
     ensure!(!rows.is_empty(), "{} lists no job", list.display());

@@ -45,15 +45,10 @@ pub struct Args {
     lead_sheets: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Candidates per case, the stage-1 scorer keeping the one most similar to the reference (the
     /// paper keeps the best of 3, chosen by ear).
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
-    /// Most new tokens per window.
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
     /// Covers instead of style transfer: each case's reference is the lead sheet's own recording
     /// in that style, read in `follow` mode (the audio is the song itself, as for the paper's
     /// covers), not another lead sheet's from second 0.
@@ -102,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let synth = if args.render { Some(SoundFontSynth::load(&resolve_soundfont(None)?)?) } else { None };
     let device = crate::device::parse(&args.device)?;
-    let settings = args.sampling.settings(args.seed, args.max_new_tokens)?;
+    let settings = args.sampling.settings()?;
     let progress = Progress::new("style transfer", (cases.len() * models.len()) as u64);
     // Each lead sheet once: written where the jobs read it, with its melody for the figures.
     let mut sheets = std::collections::BTreeMap::new();
