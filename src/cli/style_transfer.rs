@@ -179,11 +179,12 @@ fn plan<'a>(test: &[&'a Item], count: usize, cover: bool) -> Vec<(&'a Item, &'a 
         by_sheet.entry(item.lead_sheet.as_str()).or_default().push(item);
     }
     let sheets: Vec<&str> = by_sheet.keys().copied().collect();
+    // The lead sheets searched for a reference start with the case's own (cover) or the next one.
+    let first = if cover { 0 } else { 1 };
     let mut cases = Vec::new();
     for (k, sheet) in sheets.iter().take(count).enumerate() {
         let lead = by_sheet[sheet][0];
         for style in Style::ALL.into_iter().filter(|s| s.fits(beats(lead))) {
-            let first = if cover { 0 } else { 1 };
             let reference = (first..sheets.len()).map(|d| sheets[(k + d) % sheets.len()]).find_map(|other| by_sheet[other].iter().find(|i| i.style == style));
             if let Some(reference) = reference {
                 cases.push((lead, *reference));

@@ -414,7 +414,8 @@ pub struct Stage2Task {
 }
 
 impl Stage2Task {
-    /// `encodec` names the EnCodec that made the codes (recorded, for `arrange`).
+    /// Records the EnCodec that made the training codes (for `arrange`); `cfg` gives the
+    /// Q-Former's learning-rate scale.
     pub fn new(mut model: Stage2Model, cfg: &ModelConfig, train: Loader, valid: Option<ValidationSet>, seed: u64) -> Result<Self> {
         let encodec = PathBuf::from(&train.set().layout.encodec);
         if encodec.exists() {
